@@ -1,0 +1,109 @@
+"""The `builder` command line: a thin click layer over the pipeline modules.
+
+Each verb lives in ``builder/commands/<verb>.py`` and exposes ``register(group)``; this
+module only holds the global options and turns ``BuilderError`` into one line on stderr
+and an exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+import click
+
+from builder import __version__
+from builder.errors import BuilderError
+
+MATRIX_ENV = "BUILDER_MATRIX"
+
+
+def find_default_matrix(start: Path | None = None) -> Path:
+    """The bundled matrix: ./matrix.yaml, or the nearest one in a parent directory (run from the repo)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "matrix.yaml"
+        if candidate.is_file():
+            return candidate
+    return here / "matrix.yaml"
+
+
+class State:
+    """Per-invocation state shared by the verbs (the matrix is loaded once, lazily)."""
+
+    def __init__(self, matrix_path: Path):
+        self.matrix_path = matrix_path
+        self._matrix = None
+
+    @property
+    def root(self) -> Path:
+        """The project root: the folder holding matrix.yaml (build context, images/)."""
+        return self.matrix_path.resolve().parent
+
+    def matrix(self):
+        if self._matrix is None:
+            from builder.matrix import load_matrix
+
+            self._matrix = load_matrix(self.matrix_path)
+            for warning in self._matrix.warnings:
+                click.echo(f"warning: {warning}", err=True)
+        return self._matrix
+
+
+class BuilderGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BuilderError as exc:
+            click.echo(f"error: {exc}" if "\n" not in str(exc) else _prefix_lines(str(exc)), err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def _prefix_lines(text: str) -> str:
+    return "\n".join(f"error: {line}" for line in text.splitlines())
+
+
+@click.group(cls=BuilderGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--matrix",
+    "matrix_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=MATRIX_ENV,
+    help=f"Version matrix to use (default: the nearest matrix.yaml; env {MATRIX_ENV}).",
+)
+@click.version_option(__version__, prog_name="builder")
+@click.pass_context
+def cli(ctx: click.Context, matrix_path: Path | None) -> None:
+    """Render, build, check, push and export PyTorch images for AWS GPU clusters.
+
+    Exit codes: 0 success; 1 the work failed (build, smoke check, push, export);
+    2 bad input (matrix, options, unknown image); other codes are documented per verb.
+    """
+    ctx.obj = State(matrix_path or find_default_matrix())
+
+
+def _register_commands() -> None:
+    from builder import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"builder.commands.{info.name}")
+        module.register(cli)
+
+
+_register_commands()
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="builder")
+    except BuilderError as exc:  # errors raised outside a verb (e.g. while parsing options)
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
