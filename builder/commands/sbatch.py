@@ -1,0 +1,159 @@
+"""`builder sbatch NAME|IMAGE --nodes N --sqsh PATH`: multi-node nccl-tests through Slurm + pyxis."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+
+from builder import slurm
+from builder.errors import UsageError
+
+# An image reference that is not a matrix name (same shape the matrix accepts).
+IMAGE_REF_RE = re.compile(
+    r"^(?:[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?/)?"
+    r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+
+EPILOG = """\b
+Exit codes: 0 script written (and accepted, submitted or finished as asked);
+1 sbatch rejected the script, or with --wait the job failed;
+2 bad input (unknown image, missing versions, bad option);
+3 --submit/--test-only/--wait asked but no sbatch on PATH.
+"""
+
+
+def _resolve(state, image: str, efa, ofi, nccl) -> tuple[str, dict, bool]:
+    """(label, versions, from_matrix): matrix name first, else an image ref with explicit versions."""
+    spec = None
+    if state.matrix_path.is_file():
+        spec = state.matrix().find(image)
+    versions: dict[str, str] = dict(spec.versions) if spec is not None else {}
+    if spec is None:
+        looks_like_ref = any(c in image for c in ":/@")
+        if efa is None:
+            if not looks_like_ref and state.matrix_path.is_file():
+                state.matrix().get(image)  # raises UsageError with a did-you-mean
+            raise UsageError(
+                f"{image!r} is not an image in {state.matrix_path.name}; for another image pass the versions "
+                "it contains: --efa VERSION [--aws-ofi-nccl VERSION] [--nccl VERSION]"
+            )
+        if not IMAGE_REF_RE.match(image):
+            raise UsageError(f"{image!r} is neither a matrix image name nor a valid image reference")
+    for key, value in (("efa", efa), ("aws_ofi_nccl", ofi), ("nccl", nccl)):
+        if value is not None:
+            versions[key] = value
+    return (spec.name if spec is not None else image), versions, spec is not None
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise UsageError(f"--env {text!r} must be NAME=VALUE")
+    name, value = text.split("=", 1)
+    return name, value
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("sbatch", epilog=EPILOG)
+    @click.argument("image", metavar="NAME|IMAGE")
+    @click.option("--nodes", "-N", type=int, required=True, help="Number of nodes.")
+    @click.option("--sqsh", help="The image exported with enroot (a path starting with / or ./), e.g. /fsx/NAME.sqsh.")
+    @click.option("--no-container", is_flag=True,
+                  help="Run the binaries on the nodes themselves, without pyxis (bare-metal nccl-tests).")
+    @click.option("--test", "test", type=click.Choice(slurm.TESTS), default="all_reduce", show_default=True,
+                  help="nccl-tests binary (<test>_perf).")
+    @click.option("--ntasks-per-node", type=int, default=8, show_default=True,
+                  help="Ranks per node: one per GPU.")
+    @click.option("--gpus-per-node", type=int, help="Also request GPUs as GRES (clusters that configure gres/gpu).")
+    @click.option("--tests-dir", default=slurm.DEFAULT_TESTS_DIR, show_default=True,
+                  help="Folder holding the nccl-tests binaries (in the image, or on the nodes with --no-container).")
+    @click.option("--min-bytes", "-b", default="8", show_default=True)
+    @click.option("--max-bytes", "-e", default="16G", show_default=True)
+    @click.option("--factor", "-f", type=int, default=2, show_default=True)
+    @click.option("--iters", "-n", type=int, default=100, show_default=True)
+    @click.option("--warmup", "-w", type=int, default=5, show_default=True)
+    @click.option("--check", "-c", type=int, default=1, show_default=True, help="Data check iterations (0: none).")
+    @click.option("--efa", help="EFA installer version in the image (overrides the matrix; required for other images).")
+    @click.option("--aws-ofi-nccl", "ofi", help="Source-built aws-ofi-nccl version (overrides the matrix).")
+    @click.option("--nccl", help="NCCL version in the image (overrides the matrix).")
+    @click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="Extra or overriding variable (repeatable).")
+    @click.option("--container-mount", "mounts", multiple=True, metavar="SRC[:DST[:ro]]",
+                  help="pyxis --container-mounts entry (repeatable).")
+    @click.option("--job-name", help="Slurm job name (default: nccl-NAME).")
+    @click.option("--partition", "-p", help="Slurm partition.")
+    @click.option("--time", "time_limit", help="Slurm time limit, e.g. 30 or 1:00:00.")
+    @click.option("--job-output", default=slurm.DEFAULT_OUTPUT, show_default=True,
+                  help="Job output file (sbatch --output pattern); `builder nccl parse` reads it.")
+    @click.option("--exclusive/--no-exclusive", default=True, show_default=True)
+    @click.option("--out", "-o", "out", type=click.Path(dir_okay=False, path_type=Path),
+                  help="Where to write the script ('-': stdout). Default: ./<job name>-<N>n.sbatch.")
+    @click.option("--submit", is_flag=True, help="Submit with sbatch.")
+    @click.option("--wait", is_flag=True, help="Submit and wait for the job to end (sbatch --wait); implies --submit.")
+    @click.option("--test-only", is_flag=True, help="Ask slurmctld whether it would accept the job (sbatch --test-only).")
+    @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
+    @click.pass_obj
+    def sbatch_cmd(state, image, nodes, sqsh, no_container, test, ntasks_per_node, gpus_per_node, tests_dir,
+                   min_bytes, max_bytes, factor, iters, warmup, check, efa, ofi, nccl, env, mounts, job_name,
+                   partition, time_limit, job_output, exclusive, out, submit, wait, test_only, as_json):
+        """Write an sbatch script running nccl-tests across nodes through pyxis (srun --container-image
+        ... --mpi=pmix), with the EFA/NCCL environment chosen from the image's component versions."""
+        if no_container and sqsh:
+            raise UsageError("--sqsh and --no-container exclude each other")
+        if not no_container and not sqsh:
+            raise UsageError("--sqsh PATH is required (the image exported with `enroot import`), or --no-container")
+        if test_only and (submit or wait):
+            raise UsageError("--test-only only validates; drop --submit/--wait")
+        label, comps, from_matrix = _resolve(state, image, efa, ofi, nccl)
+        versions = slurm.Versions.from_mapping(comps)
+        job = slurm.Job(
+            image=label, nodes=nodes, sqsh=None if no_container else sqsh, test=test,
+            ntasks_per_node=ntasks_per_node, gpus_per_node=gpus_per_node, tests_dir=tests_dir,
+            min_bytes=min_bytes, max_bytes=max_bytes, factor=factor, iters=iters, warmup=warmup, check=check,
+            job_name=job_name, partition=partition, time_limit=time_limit, output=job_output,
+            exclusive=exclusive, container_mounts=tuple(mounts), extra_env=tuple(_env_pair(e) for e in env),
+        )
+        job.validate()
+        env_vars, warnings = slurm.merge_env(slurm.nccl_env(versions), job.extra_env)
+        if from_matrix and not versions.nccl_tests and tests_dir == slurm.DEFAULT_TESTS_DIR and not no_container:
+            warnings.append(f"image {label} does not list nccl_tests in its components; "
+                            f"the job expects the binaries in {tests_dir} (see --tests-dir)")
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
+        text = slurm.render_sbatch(job, versions, env_vars)
+
+        runs = submit or wait or test_only
+        if out is not None and str(out) == "-":
+            if runs:
+                raise UsageError("--out - prints the script; write it to a file to submit it")
+            click.echo(text, nl=False)
+            return
+        path = out or Path(f"{job.name}-{nodes}n.sbatch")
+        path.write_text(text)
+        path.chmod(0o755)
+        summary = {"script": str(path), "job_name": job.name, "nodes": nodes,
+                   "env": {v.name: v.value for v in env_vars}}
+        code = 0
+        if runs:
+            result = slurm.submit(path, job, wait=wait, test_only=test_only)
+            summary.update(job_id=result.job_id, output=result.output, sbatch=result.message,
+                           exit_code=result.exit_code)
+            code = 0 if result.exit_code == 0 else 1
+        if as_json:
+            click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        else:
+            click.echo(f"wrote {path}")
+            if test_only:
+                click.echo(f"accepted by slurmctld: {summary['sbatch']}")
+            elif runs:
+                state_word = "finished" if wait else "submitted"
+                if wait and code:
+                    state_word = f"failed (exit {summary['exit_code']})"
+                click.echo(f"job {summary['job_id']} {state_word}; output: {summary['output'] or job.output}")
+                click.echo(f"read it with: builder nccl parse {summary['output'] or '<job output file>'}")
+            else:
+                click.echo(f"submit with: sbatch {path}")
+        if code:
+            raise click.exceptions.Exit(code)

@@ -1,0 +1,375 @@
+"""Multi-node nccl-tests through Slurm and pyxis: an sbatch script from an image's versions.
+
+The script is a pure function of the component versions (efa, aws_ofi_nccl, nccl) and the job
+options, so it can be reviewed, unit-tested and diffed; submitting it is a separate step
+(``submit``) that only shells out to ``sbatch``. The EFA/NCCL environment comes from
+``builder.components`` (plugin paths, era presets) plus the few rules below that only matter
+at run time (tuner loading, the CUDA sync-memops override).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from packaging.version import InvalidVersion, Version
+
+from builder import components as comp
+from builder import facts
+from builder.errors import BuilderError, UsageError
+
+# nccl-tests binaries (<name>_perf) a user may ask for; all_reduce is the one judged by default.
+TESTS = ("all_reduce", "all_gather", "reduce_scatter", "alltoall", "sendrecv", "broadcast", "reduce")
+# Where the nccl-tests stanza and the awsome-distributed-training images put the binaries.
+DEFAULT_TESTS_DIR = "/opt/nccl-tests/build"
+# sbatch expands %x (job name) and %j (job id); `builder nccl parse` reads this file.
+DEFAULT_OUTPUT = "%x_%j.out"
+
+# Exit code of `builder sbatch --submit/--test-only/--wait` when no sbatch is on PATH.
+EXIT_NO_SLURM = 3
+
+# --- run-time rules not in builder.components (sources inline) ------------------------------
+# NCCL's tuner plugin interface appeared in NCCL 2.19; 2.19 and 2.20 load a tuner only when
+# NCCL_TUNER_PLUGIN names the file (aws/aws-ofi-nccl PR 922, src/Makefile.am comment).
+NCCL_TUNER_API = Version("2.19.0")
+# The tuner component (libnccl-ofi-tuner.so) was added to aws-ofi-nccl in January 2024
+# (aws/aws-ofi-nccl PR 318), first released in v1.8.0-aws.
+OFI_TUNER_FROM = Version("1.8.0")
+# The tuner refuses to load when NCCL_ALGO or NCCL_PROTO is set (aws/aws-ofi-nccl issue 982).
+TUNER_CONFLICTS = ("NCCL_ALGO", "NCCL_PROTO")
+
+# --- strict patterns: these values end up in a shell script; reject, never escape -------------
+SQSH_RE = re.compile(r"^(?:/|\./|\.\./)[A-Za-z0-9._+/-]*[A-Za-z0-9_+-]\.(?:sqsh|squashfs)$")
+ABS_PATH_RE = re.compile(r"^/(?:[A-Za-z0-9._+-]+/?)*$")
+MOUNT_RE = re.compile(r"^/[A-Za-z0-9._+/-]*(?::/[A-Za-z0-9._+/-]*)?(?::(?:ro|rw))?$")
+SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TIME_RE = re.compile(r"^(?:\d+-)?\d+(?::\d{1,2}){0,2}$")
+SIZE_RE = re.compile(r"^\d+[KMG]?$")
+OUTPUT_RE = re.compile(r"^[A-Za-z0-9._/%+-]+$")
+ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+ENV_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:/=^+@%-]*$")
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    value: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Versions:
+    """The component versions that choose the environment (None: not in the image / unknown)."""
+
+    efa: str
+    aws_ofi_nccl: str | None = None
+    nccl: str | None = None
+    nccl_tests: str | None = None
+
+    @classmethod
+    def from_mapping(cls, versions: Mapping[str, str]) -> "Versions":
+        efa = versions.get("efa")
+        if not efa:
+            raise UsageError(
+                "the image has no EFA installer in its components; multi-node nccl-tests over EFA "
+                "needs one (pass --efa VERSION if the image has it)"
+            )
+        return cls(efa, versions.get("aws_ofi_nccl"), versions.get("nccl"), versions.get("nccl_tests"))
+
+    def check(self) -> None:
+        for name, value in (("efa", self.efa), ("aws_ofi_nccl", self.aws_ofi_nccl), ("nccl", self.nccl)):
+            if value is None:
+                continue
+            try:
+                Version(comp.nccl_base(value) if name == "nccl" else value)
+            except InvalidVersion:
+                raise UsageError(f"{name} version {value!r} is not a version (e.g. 1.47.0)") from None
+
+    @property
+    def bundled(self) -> bool:
+        return comp.efa_bundles_ofi(self.efa)
+
+    @property
+    def source_ofi(self) -> str | None:
+        """The source-built plugin version (None when the EFA installer bundles the plugin)."""
+        return None if self.bundled else self.aws_ofi_nccl
+
+
+def nccl_env(versions: Versions, debug: str = "INFO") -> list[EnvVar]:
+    """The EFA/NCCL environment for a multi-node run, chosen by component versions.
+
+    New stacks get no obsolete variables (the plugin sets FI_* and per-instance NCCL_* itself);
+    old stacks get what their plugin era needs (components.network_env).
+    """
+    versions.check()
+    env = [EnvVar("NCCL_DEBUG", debug, "the transport verdict (EFA plugin or socket fallback) is only in these logs")]
+    env += [EnvVar(n, v, why) for n, v, why in comp.network_env(versions.efa, versions.source_ofi)]
+    plugin = comp.ofi_plugin(versions.efa)
+    if plugin.net_plugin_name:
+        env.append(EnvVar(
+            "NCCL_NET_PLUGIN", plugin.net_plugin_name,
+            f"the plugin file is {Path(plugin.net_lib).name}, not the libnccl-net.so NCCL loads by default",
+        ))
+    if _has_tuner(versions):
+        env.append(EnvVar(
+            "NCCL_TUNER_PLUGIN", plugin.tuner_lib,
+            f"AWS algorithm/protocol tuner ({plugin.version_note}); NCCL 2.19-2.20 load it only when named",
+        ))
+    nccl = _nccl_version(versions.nccl)
+    if nccl is not None and nccl >= facts.NCCL_NEEDS_NEW_EFA and Version(versions.efa) < facts.EFA_FOR_NEW_NCCL:
+        name, value = facts.SYNC_MEMOPS_OVERRIDE
+        env.append(EnvVar(name, value, "EFA installer < 1.29.1 with NCCL >= 2.19 hangs without it"))
+    return env
+
+
+def _nccl_version(nccl: str | None) -> Version | None:
+    return Version(comp.nccl_base(nccl)) if nccl else None
+
+
+def _has_tuner(versions: Versions) -> bool:
+    nccl = _nccl_version(versions.nccl)
+    if nccl is not None and nccl < NCCL_TUNER_API:
+        return False  # no tuner interface in this NCCL
+    if versions.bundled:
+        return True  # every bundled plugin (EFA >= 1.38) is aws-ofi-nccl >= 1.13
+    ofi = versions.aws_ofi_nccl
+    return ofi is not None and Version(ofi) >= OFI_TUNER_FROM
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to run and where; everything but the environment."""
+
+    image: str  # matrix name or image reference, for the comments and the default job name
+    nodes: int
+    sqsh: str | None  # None: run on the host without pyxis (--no-container)
+    test: str = "all_reduce"
+    ntasks_per_node: int = 8
+    gpus_per_node: int | None = None
+    tests_dir: str = DEFAULT_TESTS_DIR
+    min_bytes: str = "8"
+    max_bytes: str = "16G"
+    factor: int = 2
+    iters: int = 100
+    warmup: int = 5
+    check: int = 1
+    job_name: str | None = None
+    partition: str | None = None
+    time_limit: str | None = None
+    output: str = DEFAULT_OUTPUT
+    exclusive: bool = True
+    container_mounts: tuple[str, ...] = ()
+    extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def name(self) -> str:
+        return self.job_name or default_job_name(self.image)
+
+    @property
+    def binary(self) -> str:
+        return f"{self.tests_dir.rstrip('/')}/{self.test}_perf"
+
+    def validate(self) -> None:
+        problems = []
+        if self.nodes < 1:
+            problems.append("--nodes must be at least 1")
+        if self.ntasks_per_node < 1:
+            problems.append("--ntasks-per-node must be at least 1")
+        if self.gpus_per_node is not None and self.gpus_per_node < 1:
+            problems.append("--gpus-per-node must be at least 1")
+        if self.test not in TESTS:
+            problems.append(f"unknown test {self.test!r}; choose one of {', '.join(TESTS)}")
+        if self.sqsh is not None and not SQSH_RE.match(self.sqsh):
+            problems.append(
+                f"--sqsh {self.sqsh!r} must be a .sqsh path starting with / or ./ "
+                "(pyxis treats anything else as a registry image), made of letters, digits and ._+-/"
+            )
+        if not ABS_PATH_RE.match(self.tests_dir):
+            problems.append(f"--tests-dir {self.tests_dir!r} must be an absolute path of letters, digits and ._+-/")
+        for flag, value in (("--min-bytes", self.min_bytes), ("--max-bytes", self.max_bytes)):
+            if not SIZE_RE.match(value):
+                problems.append(f"{flag} {value!r} must be a byte count, optionally with K, M or G (e.g. 16G)")
+        for flag, value in (("--factor", self.factor), ("--iters", self.iters)):
+            if value < 1:
+                problems.append(f"{flag} must be at least 1")
+        if self.warmup < 0 or self.check < 0:
+            problems.append("--warmup and --check must not be negative")
+        if not SLURM_NAME_RE.match(self.name):
+            problems.append(f"job name {self.name!r} must be letters, digits and ._- (at most 64)")
+        if self.partition is not None and not SLURM_NAME_RE.match(self.partition):
+            problems.append(f"--partition {self.partition!r} must be letters, digits and ._-")
+        if self.time_limit is not None and not TIME_RE.match(self.time_limit):
+            problems.append(f"--time {self.time_limit!r} must be a Slurm time such as 30, 1:00:00 or 1-00:00")
+        if not OUTPUT_RE.match(self.output):
+            problems.append(f"--job-output {self.output!r} must be a path of letters, digits and ._/%+-")
+        for mount in self.container_mounts:
+            if not MOUNT_RE.match(mount):
+                problems.append(f"--container-mount {mount!r} must be SRC[:DST[:ro|rw]] with absolute paths")
+        if self.container_mounts and self.sqsh is None:
+            problems.append("--container-mount needs a container (drop --no-container)")
+        for name, value in self.extra_env:
+            if not ENV_NAME_RE.match(name) or not ENV_VALUE_RE.match(value):
+                problems.append(f"--env {name}={value} must be NAME=VALUE with NAME in [A-Z0-9_] and a plain value")
+        if problems:
+            raise UsageError("; ".join(problems))
+
+    def benchmark_argv(self) -> list[str]:
+        # -g 1: one GPU per task, the tasks (ntasks-per-node of them per node) are the ranks.
+        return [
+            self.binary, "-b", self.min_bytes, "-e", self.max_bytes, "-f", str(self.factor),
+            "-g", "1", "-c", str(self.check), "-w", str(self.warmup), "-n", str(self.iters),
+        ]
+
+
+def default_job_name(image: str) -> str:
+    """'nccl-<name>' from a matrix name or the last path component of an image reference."""
+    last = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-.") or "image"
+    return f"nccl-{base}"[:64]
+
+
+def merge_env(env: list[EnvVar], extra: tuple[tuple[str, str], ...]) -> tuple[list[EnvVar], list[str]]:
+    """User --env entries override or extend the chosen ones; returns (env, warnings)."""
+    warnings: list[str] = []
+    merged = {e.name: e for e in env}
+    for name, value in extra:
+        merged[name] = EnvVar(name, value, "set with --env")
+    if "NCCL_TUNER_PLUGIN" in merged and merged["NCCL_TUNER_PLUGIN"].why != "set with --env":
+        clash = [n for n in TUNER_CONFLICTS if n in merged]
+        if clash:
+            del merged["NCCL_TUNER_PLUGIN"]
+            warnings.append(
+                f"dropped NCCL_TUNER_PLUGIN: the aws-ofi-nccl tuner refuses to load when {' or '.join(clash)} is set"
+            )
+    return list(merged.values()), warnings
+
+
+def describe_versions(versions: Versions) -> str:
+    plugin = comp.ofi_plugin(versions.efa)
+    if versions.bundled:
+        ofi = f"bundled{' ' + versions.aws_ofi_nccl if versions.aws_ofi_nccl else ''} at {plugin.lib_dir}"
+    else:
+        ofi = f"{versions.aws_ofi_nccl or 'unknown'} built at {plugin.lib_dir}"
+    parts = [f"efa {versions.efa}", f"aws-ofi-nccl {ofi}", f"nccl {versions.nccl or 'unknown'}"]
+    if versions.nccl_tests:
+        parts.append(f"nccl-tests {versions.nccl_tests}")
+    return ", ".join(parts)
+
+
+def render_sbatch(job: Job, versions: Versions, env: list[EnvVar] | None = None) -> str:
+    """The sbatch script text (deterministic: same inputs, same bytes)."""
+    job.validate()
+    if env is None:
+        env, _ = merge_env(nccl_env(versions), job.extra_env)
+    q = shlex.quote
+    ranks = job.nodes * job.ntasks_per_node
+    lines = [
+        "#!/bin/bash",
+        f"# nccl-tests {job.test} on {job.nodes} node(s) x {job.ntasks_per_node} GPU(s) = {ranks} ranks,"
+        f" image {job.image}.",
+        "# Generated by `builder sbatch`; do not edit by hand, re-generate instead.",
+        f"# Components: {describe_versions(versions)}.",
+        "# Read the result with: builder nccl parse <the --output file below>",
+        f"#SBATCH --job-name={job.name}",
+        f"#SBATCH --nodes={job.nodes}",
+        f"#SBATCH --ntasks-per-node={job.ntasks_per_node}",
+    ]
+    if job.gpus_per_node is not None:
+        lines.append(f"#SBATCH --gpus-per-node={job.gpus_per_node}")
+    if job.exclusive:
+        lines.append("#SBATCH --exclusive")
+    # Start only when every node has booted (cloud nodes are powered up on demand).
+    lines.append("#SBATCH --wait-all-nodes=1")
+    if job.partition:
+        lines.append(f"#SBATCH --partition={job.partition}")
+    if job.time_limit:
+        lines.append(f"#SBATCH --time={job.time_limit}")
+    lines += [f"#SBATCH --output={job.output}", "", "set -euo pipefail", ""]
+    where = "srun passes the job environment into the container" if job.sqsh else "srun passes it to every task"
+    lines.append(f"# EFA/NCCL environment for these versions ({where}).")
+    for var in env:
+        lines.append(f"# {var.why}")
+        lines.append(f"export {var.name}={q(var.value)}")
+    lines.append("")
+    srun = ["srun"]
+    if job.sqsh is not None:
+        lines.append(f"IMAGE={q(job.sqsh)}")
+        lines.append("")
+        srun += ["--container-image", '"$IMAGE"']
+        if job.container_mounts:
+            srun += [f"--container-mounts={q(','.join(job.container_mounts))}"]
+    else:
+        lines.append("# --no-container: the benchmark runs on the nodes themselves, without pyxis.")
+    # pmix: nccl-tests built with MPI=1 wires its ranks up through Slurm's PMIx server.
+    srun += ["--mpi=pmix", "--cpu-bind=none"]
+    bench = [q(a) for a in job.benchmark_argv()]
+    lines.append(" ".join(srun) + " \\")
+    lines.append("    " + " ".join(bench))
+    return "\n".join(lines) + "\n"
+
+
+# --- submission -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Submission:
+    job_id: str | None
+    output: str | None  # the job's output file, when known (%x/%j resolved)
+    message: str  # what sbatch said (stderr for --test-only)
+    exit_code: int  # sbatch's exit code (with --wait: the job's)
+
+
+def find_sbatch() -> str:
+    path = shutil.which("sbatch")
+    if path is None:
+        raise BuilderError(
+            "sbatch not found on PATH; copy the script to a Slurm login node and run `sbatch SCRIPT` there",
+            exit_code=EXIT_NO_SLURM,
+        )
+    return path
+
+
+def submit(script: Path, job: Job, *, wait: bool = False, test_only: bool = False,
+           cwd: Path | None = None, timeout: float | None = None) -> Submission:
+    """Hand the script to sbatch: --test-only validates it with slurmctld, --wait blocks until done."""
+    sbatch = find_sbatch()
+    argv = [sbatch]
+    if test_only:
+        argv.append("--test-only")
+    else:
+        argv.append("--parsable")
+        if wait:
+            argv.append("--wait")
+    argv.append(str(script))
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BuilderError(f"sbatch did not return within {timeout:.0f} s ({' '.join(argv)})") from None
+    said = (proc.stderr.strip() or proc.stdout.strip())
+    if test_only:
+        if proc.returncode != 0:
+            raise BuilderError(f"slurmctld rejected {script}: {_one_line(said)}")
+        return Submission(None, None, _one_line(said), 0)
+    job_id = proc.stdout.strip().split(";", 1)[0] or None
+    if job_id is not None and not job_id.isdigit():
+        job_id = None
+    if job_id is None:
+        raise BuilderError(f"sbatch refused {script}: {_one_line(said) or 'no job id returned'}")
+    output = resolve_output(job.output, job.name, job_id, cwd)
+    return Submission(job_id, output, _one_line(proc.stderr.strip()), proc.returncode)
+
+
+def resolve_output(pattern: str, name: str, job_id: str, cwd: Path | None = None) -> str | None:
+    """The output path sbatch writes for this job, when the pattern uses only %x, %j and %%."""
+    if re.search(r"%(?![xj%])", pattern):
+        return None
+    path = pattern.replace("%%", "\0").replace("%x", name).replace("%j", job_id).replace("\0", "%")
+    return str((cwd or Path.cwd()) / path) if not path.startswith("/") else path
+
+
+def _one_line(text: str) -> str:
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())

