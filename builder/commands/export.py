@@ -1,0 +1,101 @@
+"""``builder export NAME|IMAGE --to PATH``: an enroot .sqsh (or docker save tar) on shared storage."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import click
+
+from builder.errors import UsageError
+
+
+def _resolve(state, arg: str) -> tuple[str, dict | None]:
+    """A matrix image name gives its primary ref and entry; anything else must be an image reference."""
+    from builder.export import validate_reference
+
+    if not any(c in arg for c in ":/@") and state.matrix_path.is_file():
+        spec = state.matrix().find(arg)
+        if spec is not None:
+            entry = {
+                "name": spec.name,
+                "flavor": spec.flavor,
+                "components": dict(spec.components),
+                "tags": list(spec.tags),
+                "refs": list(spec.refs),
+            }
+            return spec.primary_ref, entry
+    return validate_reference(arg), None
+
+
+def _raise_interrupt(signum, _frame):
+    # SIGTERM (a CI job cancelled, scancel) unwinds like Ctrl-C, so temporaries are removed.
+    raise KeyboardInterrupt
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("export")
+    @click.argument("image")
+    @click.option("--to", "dest", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Destination file, e.g. /fsx/images/NAME.sqsh (written atomically; NAME.sqsh.json beside it).")
+    @click.option("--format", "fmt", type=click.Choice(["sqsh", "tar"]), default=None,
+                  help="sqsh (enroot/pyxis image) or tar (docker save, for docker load). Default: from the "
+                       "file name (.tar -> tar), else sqsh.")
+    @click.option("--method", type=click.Choice(["native", "enroot"]), default="native", show_default=True,
+                  help="native: Docker + mksquashfs only; enroot: run 'enroot import dockerd://' (must be installed).")
+    @click.option("--compression", metavar="NAME[:LEVEL]",
+                  help="gzip, lzo, lz4, xz, zstd (level 3 unless given) or none. Default: $ENROOT_SQUASH_OPTIONS, "
+                       "else enroot's '-comp lzo -noD'.")
+    @click.option("--squash-options", metavar="'OPTS'",
+                  help="Raw mksquashfs options instead of --compression (like ENROOT_SQUASH_OPTIONS), e.g. '-comp zstd -b 1M'.")
+    @click.option("--processors", type=click.IntRange(min=1), default=None,
+                  help="mksquashfs threads (default: $ENROOT_MAX_PROCESSORS, else all CPUs).")
+    @click.option("--keep-owners", is_flag=True,
+                  help="Keep the image's file owners (needs root). Default, as enroot: every file owned by root.")
+    @click.option("--force", is_flag=True, help="Export even when the sidecar says the file is up to date.")
+    @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), envvar="BUILDER_EXPORT_WORKDIR",
+                  help="Local folder to unpack the image in (needs about the image's size; default: $TMPDIR).")
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+    @click.pass_obj
+    def export_cmd(state, image, dest, fmt, method, compression, squash_options, processors, keep_owners, force,
+                   work_dir, as_json):
+        """Export IMAGE (a matrix name or an image reference) to an enroot .sqsh or a docker save tar.
+
+        The file is written beside the destination under a hidden temporary name and renamed
+        into place, so nodes never see a partial file and a failed or killed export keeps the
+        previous one. NAME.sqsh.json records the image id, matrix entry, component versions
+        and the file's sha256; exporting an unchanged image again is skipped (unless --force).
+
+        Exit codes: 0 exported or already up to date; 1 the export failed (engine, disk full,
+        permission, mksquashfs); 2 bad input (unknown image, bad option).
+        """
+        from builder.export import ExportRequest, export_image, squash
+
+        ref, entry = _resolve(state, image)
+        fmt = fmt or ("tar" if dest.suffix == ".tar" else "sqsh")
+        if fmt == "tar" and (compression or squash_options or keep_owners or method != "native"):
+            raise UsageError("--format tar takes none of --compression, --squash-options, --keep-owners, --method")
+        request = ExportRequest(
+            ref=ref,
+            dest=dest,
+            fmt=fmt,
+            method=method,
+            squash_options=squash.squash_options(compression, squash_options) if fmt == "sqsh" else (),
+            processors=processors or squash.default_processors(),
+            keep_owners=keep_owners,
+            force=force,
+            work_dir=work_dir,
+            matrix_entry=entry,
+        )
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            result = export_image(request, progress=lambda m: click.echo(m, err=True))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if as_json:
+            click.echo(json.dumps(result.as_dict(), indent=2, sort_keys=True))
+        elif result.skipped:
+            click.echo(f"{result.dest} is up to date ({ref}, sha256 {result.sha256[:12]}); use --force to export again")
+        else:
+            click.echo(f"{result.dest} sha256 {result.sha256} ({result.size} bytes, {result.seconds:.1f} s)")

@@ -1,0 +1,315 @@
+"""Export a built image for Slurm nodes: an enroot ``.sqsh`` (or a ``docker save`` tar) on shared storage.
+
+Pipeline (one module per stage):
+  source.py         stream ``docker save`` out of the engine, layers in order
+  layers.py         apply each layer onto a root filesystem (whiteouts, opaque dirs, links)
+  enroot_config.py  write what ``enroot start`` reads (/etc/rc, /etc/environment, /etc/fstab)
+  squash.py         mksquashfs with enroot-like options
+  atomic.py         temporary file beside the destination, atomic rename, stale clean-up
+  sidecar.py        NAME.sqsh.json: digest, matrix entry, versions, sha256; skip when unchanged
+
+``method="enroot"`` hands the image to ``enroot import dockerd://`` instead (where enroot is
+installed); the publishing, sidecar and skip logic are the same.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from builder.errors import BuilderError, UsageError
+from builder.export import atomic, enroot_config, sidecar, source, squash
+from builder.export.layers import RootfsBuilder
+
+FORMATS = ("sqsh", "tar")
+METHODS = ("native", "enroot")
+# Test hook: stop (SIGSTOP) at these stages so a test can kill the export there, deterministically.
+PAUSE_ENV = "BUILDER_EXPORT_TEST_PAUSE_AT"
+
+_NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REFERENCE = re.compile(
+    rf"^(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*(?::[0-9]+)?)/)?"
+    rf"{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*"
+    rf"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?$"
+)
+_IMAGE_ID = re.compile(r"^(?:sha256:)?[a-f0-9]{12,64}$")
+
+
+def validate_reference(ref: str) -> str:
+    if _REFERENCE.match(ref) or _IMAGE_ID.match(ref):
+        return ref
+    raise UsageError(f"{ref!r} is neither an image in the matrix nor a valid image reference (name[:tag][@digest])")
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    ref: str
+    dest: Path
+    fmt: str = "sqsh"
+    method: str = "native"
+    squash_options: tuple[str, ...] = squash.ENROOT_DEFAULT
+    processors: int = 1
+    keep_owners: bool = False
+    force: bool = False
+    work_dir: Path | None = None  # where the image is unpacked (default: the system temp dir)
+    matrix_entry: Mapping[str, Any] | None = None  # name, flavor, components, tags of the matrix image
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the file's bytes: a change here re-exports even an unchanged image."""
+        if self.fmt == "tar":
+            return {"format": "tar", "exporter_revision": sidecar.EXPORTER_REVISION}
+        return {
+            "format": "sqsh",
+            "method": self.method,
+            "squash_options": list(self.squash_options),
+            "owners": "image" if self.keep_owners else "root",
+            "exporter_revision": sidecar.EXPORTER_REVISION,
+        }
+
+
+@dataclass
+class ExportResult:
+    dest: Path
+    sidecar: Path
+    skipped: bool
+    image_id: str
+    sha256: str
+    size: int
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dest": str(self.dest), "sidecar": str(self.sidecar), "skipped": self.skipped,
+            "image_id": self.image_id, "sha256": self.sha256, "size": self.size,
+            "seconds": round(self.seconds, 2), **self.details,
+        }
+
+
+def _pause(stage: str) -> None:
+    if stage in os.environ.get(PAUSE_ENV, "").split(","):
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def _docker_client():
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except DockerException as exc:
+        raise BuilderError(f"cannot reach the Docker engine ({exc.__class__.__name__}); start dockerd or set DOCKER_HOST") from None
+    return client
+
+
+def _get_image(client, ref: str):
+    from docker.errors import APIError, ImageNotFound
+
+    try:
+        return client.images.get(ref)
+    except ImageNotFound:
+        raise BuilderError(f"image {ref} is not in the Docker engine; build it (builder build) or docker load it first") from None
+    except APIError as exc:
+        raise BuilderError(f"docker could not inspect {ref}: {exc.explanation or exc}") from None
+
+
+def export_image(request: ExportRequest, *, progress: Callable[[str], None] = lambda _m: None,
+                 client=None) -> ExportResult:
+    """Export ``request.ref`` to ``request.dest``; skip when the sidecar says it is current."""
+    started = time.monotonic()
+    dest = request.dest.absolute()
+    if request.fmt not in FORMATS:
+        raise UsageError(f"unknown format {request.fmt!r}; use one of {', '.join(FORMATS)}")
+    if request.method not in METHODS:
+        raise UsageError(f"unknown method {request.method!r}; use one of {', '.join(METHODS)}")
+    if request.fmt == "tar" and request.method != "native":
+        raise UsageError("--format tar is always made with docker save; drop --method enroot")
+    if request.method == "enroot" and request.keep_owners:
+        raise UsageError("enroot import always makes every file root's; drop --keep-owners or use --method native")
+    if request.method == "enroot" and not shutil.which("enroot"):
+        raise UsageError("enroot is not installed here; use --method native (needs only Docker and mksquashfs)")
+    if request.fmt == "sqsh" and request.method == "native":
+        squash.find_mksquashfs()
+    atomic.check_writable_folder(dest)
+    side = sidecar.sidecar_path(dest)
+    for stale in atomic.clean_stale(dest, side):
+        progress(f"removed stale temporary {stale}")
+
+    client = client or _docker_client()
+    image = _get_image(client, request.ref)
+    settings = request.settings()
+    if not request.force:
+        current = sidecar.up_to_date(dest, image.id, settings)
+        if current:
+            return ExportResult(dest, side, True, image.id, current["file"]["sha256"], current["file"]["size"],
+                                time.monotonic() - started)
+
+    temp = atomic.temp_name(dest)
+    details: dict[str, Any] = {}
+    try:
+        if request.fmt == "tar":
+            digest = _write_tar(client, image, request.ref, temp, progress)
+        else:
+            if request.method == "enroot":
+                _run_enroot(request, temp, progress)
+            else:
+                details = _write_native_sqsh(client, image, request, temp, progress)
+            _pause("hash")
+            progress("hashing the squashfs")
+            digest = _sha256(temp)
+        facts = sidecar.file_facts(temp)
+        meta = _metadata(request, image, settings, dest, digest, facts)
+        _pause("publish")
+        # Drop the old sidecar first: if we die between the two renames below, the next run
+        # finds no matching sidecar and re-exports, rather than trusting a stale one.
+        atomic.discard(side)
+        atomic.publish(temp, dest)
+        _pause("sidecar")
+        side_temp = atomic.temp_name(side)
+        try:
+            side_temp.write_bytes(sidecar.render(meta))
+        except OSError as exc:
+            raise atomic.os_error_line(exc, side_temp, "writing") from None
+        atomic.publish(side_temp, side)
+    except OSError as exc:
+        raise atomic.os_error_line(exc, temp, "writing") from None
+    finally:
+        atomic.discard(temp)
+        atomic.discard(atomic.temp_name(side))
+    progress(f"exported {request.ref} to {dest} ({facts['size'] / 1e9:.2f} GB)")
+    return ExportResult(dest, side, False, image.id, digest, facts["size"], time.monotonic() - started, details)
+
+
+def _metadata(request: ExportRequest, image, settings, dest: Path, digest: str, facts) -> dict[str, Any]:
+    from builder import __version__
+
+    attrs = image.attrs
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    entry = dict(request.matrix_entry) if request.matrix_entry else None
+    return {
+        "image": {
+            "ref": request.ref,
+            "id": image.id,
+            "repo_tags": list(image.tags),
+            "repo_digests": list(attrs.get("RepoDigests") or []),
+            "created": attrs.get("Created"),
+            "architecture": attrs.get("Architecture"),
+            "labels": labels,
+        },
+        "matrix": entry,
+        "components": dict((entry or {}).get("components") or {}),
+        "settings": settings,
+        "file": {"name": dest.name, "sha256": digest, **facts},
+        "exported_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "builder_version": __version__,
+    }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_tar(client, image, ref: str, temp: Path, progress) -> str:
+    """``docker save`` straight into the temporary file, hashing on the way (no second read)."""
+    named = ref if ref in image.tags else False
+    h = hashlib.sha256()
+    written = 0
+    next_report = 1 << 30
+    progress(f"saving {ref} as a docker save tar")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        for chunk in image.save(chunk_size=1 << 20, named=named):
+            out.write(chunk)
+            h.update(chunk)
+            written += len(chunk)
+            if written >= next_report:
+                progress(f"  {written / 1e9:.1f} GB written")
+                next_report += 1 << 30
+            _pause("tar")
+    return h.hexdigest()
+
+
+def _clean_stale_workdirs(parent: Path) -> None:
+    pattern = re.compile(rf"^builder-export-{re.escape(atomic._HOST)}-(\d+)-")
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and int(match[1]) != os.getpid() and not atomic._alive(int(match[1])):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _write_native_sqsh(client, image, request: ExportRequest, temp: Path, progress) -> dict[str, Any]:
+    parent = Path(request.work_dir or tempfile.gettempdir())
+    if not parent.is_dir():
+        raise BuilderError(f"work folder {parent} does not exist; create it or pass another --work-dir")
+    _clean_stale_workdirs(parent)
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f"builder-export-{atomic._HOST}-{os.getpid()}-", dir=parent))
+    except OSError as exc:
+        raise atomic.os_error_line(exc, parent, "creating a work folder in") from None
+    try:
+        rootfs = work / "rootfs"
+        rootfs.mkdir()
+        builder = RootfsBuilder(rootfs, keep_owners=request.keep_owners)
+        layer_count = len((image.attrs.get("RootFS") or {}).get("Layers") or []) or "?"
+
+        def apply_layer(fileobj, index: int, name: str) -> None:
+            progress(f"applying layer {index + 1}/{layer_count}")
+            builder.apply(fileobj)
+            _pause("layers")
+
+        try:
+            saved = source.apply_saved_image(source.ChunkReader(image.save(chunk_size=1 << 20)),
+                                             str(work / "spool"), apply_layer)
+            config = image.attrs.get("Config") or {}
+            for rel, text in enroot_config.render(config).items():
+                builder.write_file(rel, text.encode())
+            builder.ensure_dir(enroot_config.workdir(config))
+            builder.finish()
+        except OSError as exc:
+            raise atomic.os_error_line(exc, work, "unpacking the image into") from None
+        if builder.stats.skipped:
+            progress(f"warning: {len(builder.stats.skipped)} entries could not be created "
+                     f"(devices need root), first: /{builder.stats.skipped[0]}")
+        _pause("squash")
+        progress(f"mksquashfs {' '.join(request.squash_options)} with {request.processors} processors")
+        squash.mksquashfs(str(rootfs), str(temp), request.squash_options, processors=request.processors,
+                          all_root=not request.keep_owners, log_path=str(work / "mksquashfs.log"))
+        return {
+            "layers": len(saved.layers), "layers_streamed": saved.streamed, "layers_spooled": saved.spooled,
+            "entries": builder.stats.entries, "whiteouts": builder.stats.whiteouts,
+            "opaque_dirs": builder.stats.opaque_dirs,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_enroot(request: ExportRequest, temp: Path, progress) -> None:
+    env = dict(os.environ)
+    env["ENROOT_SQUASH_OPTIONS"] = " ".join(request.squash_options)
+    env["ENROOT_MAX_PROCESSORS"] = str(request.processors)
+    progress(f"enroot import dockerd://{request.ref}")
+    proc = subprocess.run(["enroot", "import", "-o", str(temp), f"dockerd://{request.ref}"], env=env,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          preexec_fn=squash._die_with_parent, check=False)
+    if proc.returncode != 0 or not temp.exists():
+        lines = [l for l in proc.stdout.decode("utf-8", "replace").splitlines() if l.strip()]
+        raise BuilderError(f"enroot import failed (exit {proc.returncode}): {lines[-1] if lines else 'no output'}")
