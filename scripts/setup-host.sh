@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker.io debootstrap squashfs-tools squashfs-tools-ng docker-registry slurm-wlm munge busybox-static)
+APT_PACKAGES=(docker.io debootstrap squashfs-tools squashfs-tools-ng docker-registry slurm-wlm munge libpmix-dev busybox-static)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
