@@ -1,0 +1,233 @@
+"""Fast tests of the push stage: stream reading, error kinds, target resolution, the ECR API
+wrapper against moto's server (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from builder.commands.push import parse_image_ref, resolve
+from builder.ecr import ECR_HOST_RE, EcrApi, RegistryAuth, check_registry
+from builder.errors import UsageError
+from builder.push import PushRequest, backoff_delay
+from builder.push_stream import (
+    AUTH,
+    FATAL,
+    TAG_CONFLICT,
+    TRANSIENT,
+    LayerProgress,
+    PushStreamError,
+    classify,
+    read_push_stream,
+)
+from push_support import MOTO_PASSWORD, MotoEcr
+
+DIGEST = "sha256:" + "ab" * 32
+OTHER = "sha256:" + "cd" * 32
+
+
+@pytest.mark.parametrize(
+    "message, kind",
+    [
+        ('Put "https://x/v2/r/manifests/t": EOF', TRANSIENT),
+        ("dial tcp 127.0.0.1:5000: connect: connection refused", TRANSIENT),
+        ("read tcp 10.0.0.1:5000: i/o timeout", TRANSIENT),
+        ("received unexpected HTTP status: 502 Bad Gateway", TRANSIENT),
+        ("toomanyrequests: Rate exceeded", TRANSIENT),
+        ("unauthorized: authentication required", AUTH),
+        ("denied: Your authorization token has expired. Reauthenticate and try again.", AUTH),
+        (
+            "tag invalid: The image tag 'v1' already exists in the 'r' repository and cannot be overwritten "
+            "because the repository is immutable.",
+            TAG_CONFLICT,
+        ),
+        ("manifest invalid: manifest invalid", FATAL),
+        ("name unknown: The repository with name 'r' does not exist", FATAL),
+    ],
+)
+def test_error_kinds(message, kind):
+    assert classify(message) == kind
+
+
+def _stream(*extra):
+    return [
+        {"status": "The push refers to repository [r]"},
+        {"status": "Preparing", "progressDetail": {}, "id": "aaa"},
+        {"status": "Pushing", "progressDetail": {"current": 10, "total": 100}, "id": "aaa"},
+        {"status": "Pushed", "progressDetail": {}, "id": "aaa"},
+        *extra,
+    ]
+
+
+def test_stream_digest_from_aux_and_status():
+    lines = _stream({"status": f"v1: digest: {DIGEST} size: 527"}, {"aux": {"Tag": "v1", "Digest": DIGEST, "Size": 527}})
+    outcome = read_push_stream(lines, "v1")
+    assert (outcome.digest, outcome.size) == (DIGEST, 527)
+
+
+def test_stream_error_line_anywhere_fails_even_after_progress():
+    lines = _stream({"errorDetail": {"message": "unauthorized: authentication required"}, "error": "unauthorized: authentication required"})
+    with pytest.raises(PushStreamError) as caught:
+        read_push_stream(lines, "v1")
+    assert caught.value.kind == AUTH
+
+
+def test_stream_without_digest_is_never_success():
+    with pytest.raises(PushStreamError) as caught:
+        read_push_stream(_stream(), "v1")
+    assert caught.value.kind == TRANSIENT
+
+
+def test_stream_with_disagreeing_digests_fails():
+    lines = _stream({"status": f"v1: digest: {OTHER} size: 527"}, {"aux": {"Tag": "v1", "Digest": DIGEST, "Size": 527}})
+    with pytest.raises(PushStreamError, match="two digests"):
+        read_push_stream(lines, "v1")
+
+
+def test_stream_digest_for_another_tag_fails():
+    with pytest.raises(PushStreamError, match="expected 'v1'"):
+        read_push_stream(_stream({"aux": {"Tag": "v2", "Digest": DIGEST, "Size": 1}}), "v1")
+
+
+def test_progress_one_line_per_state_and_collapsed_engine_retries():
+    shown: list[str] = []
+    progress = LayerProgress(shown.append)
+    for line in _stream(
+        {"status": "Retrying in 5 seconds", "progressDetail": {}, "id": "aaa"},
+        {"status": "Retrying in 4 seconds", "progressDetail": {}, "id": "aaa"},
+        {"status": "Pushed", "progressDetail": {}, "id": "aaa"},
+    ):
+        progress.feed(line)
+    assert shown == [
+        "  aaa: preparing",
+        "  aaa: pushing 10 B / 100 B",
+        "  aaa: pushed",
+        "  aaa: upload failed, the engine retries (retrying in 5 seconds)",
+        "  aaa: pushed",
+    ]
+
+
+@pytest.mark.parametrize(
+    "ref, expected",
+    [
+        ("pytorch:2.3", ("pytorch", "2.3")),
+        ("team/pytorch:2.3-cu121", ("team/pytorch", "2.3-cu121")),
+        ("127.0.0.1:5000/team/pytorch:v1", ("team/pytorch", "v1")),
+        ("123456789012.dkr.ecr.us-east-1.amazonaws.com/pt:v1", ("pt", "v1")),
+        ("localhost/pt:v1", ("pt", "v1")),
+    ],
+)
+def test_image_refs(ref, expected):
+    assert parse_image_ref(ref) == expected
+
+
+@pytest.mark.parametrize("ref", ["pytorch", "Upper/case:v1", "pt:v1;rm -rf /", "pt:", "pt:-x", "a//b:v1"])
+def test_bad_image_refs(ref):
+    with pytest.raises(UsageError):
+        parse_image_ref(ref)
+
+
+class _Matrix:
+    def __init__(self, *specs):
+        self.specs = {s.name: s for s in specs}
+
+    def find(self, name):
+        return self.specs.get(name)
+
+    def get(self, name):
+        if name not in self.specs:
+            raise UsageError(f"matrix.yaml: no image named '{name}'")
+        return self.specs[name]
+
+
+def _state(*specs):
+    matrix = _Matrix(*specs)
+    return types.SimpleNamespace(matrix=lambda: matrix)
+
+
+def test_resolve_matrix_name_pushes_every_tag():
+    spec = types.SimpleNamespace(
+        name="pt-dlc",
+        repository="team/pytorch",
+        refs=("team/pytorch:2.3.0-cu121", "team/pytorch:2.3-latest"),
+        primary_ref="team/pytorch:2.3.0-cu121",
+    )
+    request = resolve(_state(spec), "pt-dlc")
+    assert request == PushRequest(
+        source="team/pytorch:2.3.0-cu121",
+        targets=(("team/pytorch", "2.3.0-cu121"), ("team/pytorch", "2.3-latest")),
+    )
+
+
+def test_resolve_image_ref_and_unknown_name():
+    assert resolve(_state(), "team/pt:v1").targets == (("team/pt", "v1"),)
+    with pytest.raises(UsageError, match="no image named"):
+        resolve(_state(), "pt-typo")
+    with pytest.raises(UsageError, match="by tag"):
+        resolve(_state(), "team/pt@" + DIGEST)
+
+
+def test_registry_hosts():
+    match = ECR_HOST_RE.match("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+    assert (match["account"], match["region"]) == ("123456789012", "eu-west-1")
+    assert check_registry("127.0.0.1:5000") == "127.0.0.1:5000"
+    for bad in ("https://x.example", "x.example/path", "a b", ""):
+        with pytest.raises(UsageError):
+            check_registry(bad)
+
+
+def test_token_never_in_repr():
+    auth = RegistryAuth(username="AWS", password="s3cret-token", registry="r.example")
+    assert "s3cret-token" not in repr(auth)
+
+
+def test_backoff_grows_and_is_capped():
+    assert 1.5 <= backoff_delay(1, 2.0) <= 2.5
+    assert 6.0 <= backoff_delay(3, 2.0) <= 10.0
+    assert backoff_delay(30, 2.0) <= 75.0
+
+
+# --- the ECR API wrapper against moto's server ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto():
+    server = MotoEcr().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ecr(moto, monkeypatch):
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return EcrApi.connect(region="us-east-1", endpoint_url=moto.endpoint)
+
+
+def test_repository_created_immutable_with_scan_then_read_back(ecr):
+    first = ecr.ensure_repository("unit/created", immutable=True, scan_on_push=True)
+    assert (first.created, first.immutable, first.scan_on_push) == (True, True, True)
+    again = ecr.ensure_repository("unit/created", immutable=False, scan_on_push=False)
+    assert (again.created, again.immutable, again.scan_on_push) == (False, True, True)  # settings kept
+
+
+def test_authorization_decodes_token_and_registry(ecr):
+    auth = ecr.authorization()
+    assert (auth.username, auth.password) == ("AWS", MOTO_PASSWORD)
+    assert auth.registry == "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+
+
+def test_missing_image_is_none(ecr):
+    ecr.ensure_repository("unit/empty")
+    assert ecr.image_digest("unit/empty", "v1") is None
+    assert ecr.image_manifest("unit/empty", "v1") is None
+
+
+def test_no_region_is_a_usage_error(monkeypatch):
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    with pytest.raises(UsageError, match="no AWS region"):
+        EcrApi.connect(registry="127.0.0.1:5000")
