@@ -1,0 +1,96 @@
+"""GPU instance types: GPU count, intra-node and network peaks, and all_reduce busbw thresholds.
+
+Peaks are physical, per GPU and per direction for the intra-node link (what all_reduce busbw is
+measured against on one node) and per node for the network (what it tends to across nodes).
+Thresholds are fractions of those peaks, applied to the best busbw at large messages (>= 1 GiB):
+a smoke check that catches broken setups (sockets instead of EFA, P2P off, a GPU missing), not a
+benchmark target. Sources, one per figure:
+
+[A100]   NVIDIA A100 datasheet: NVLink 3 600 GB/s per GPU, both directions -> 300 GB/s each way.
+[H100]   NVIDIA H100/H200 SXM datasheets: NVLink 4 900 GB/s per GPU -> 450 GB/s each way.
+[PCIe4]  PCI-SIG PCIe 4.0 x16: 16 GT/s x 16 lanes, 128b/130b -> 31.5 GB/s each way (A10G, L4,
+         L40S are PCIe 4.0 x16 cards, no NVLink: NVIDIA A10/L4/L40S datasheets).
+[P4]     AWS EC2 P4 page: p4d/p4de.24xlarge, 8 x A100 (40/80 GB), NVSwitch, 4 x 100 Gbps EFA.
+[P5]     AWS EC2 P5 page: p5.48xlarge 8 x H100, p5e/p5en.48xlarge 8 x H200, 3200 Gbps EFA
+         (p5en: EFAv3, 16 x 200 Gbps).
+[G5]     AWS EC2 G5 page: g5.48xlarge 8 x A10G, 100 Gbps, EFA.
+[G6]     AWS EC2 G6/G6e pages: g6.48xlarge 8 x L4, 100 Gbps; g6e.48xlarge 8 x L40S, 400 Gbps; EFA.
+Measured (for the fractions; ../shared/reference/nccl-enroot.md):
+[M1]     1 x p4d: ~230 GB/s all_reduce busbw at 1 GB (NVIDIA/nccl issue 527) = 0.77 of 300.
+[M2]     1 x 8 x H100: ~370 GB/s ring, ~480 GB/s NVLS (NVIDIA/nccl-tests issue 212) = 0.82+ of 450.
+[M3]     2 x p4de: 78 GB/s at 2 GB; 2 x p5: 444 GB/s at 2 GB, 487 at 16 GB (awsome-distributed-training
+         nccl-tests README) = 1.1..1.6 x the 50 / 400 GB/s network peak (tree/NVLS at 2 nodes can
+         exceed it, NVIDIA/nccl-tests issue 22); 2 x p4d in 2021: 32.8 GB/s at 1 GB (aws-samples/
+         aws-efa-eks README) = 0.66.
+[I]      inferred, no public measurement found: the PCIe-only single-node fraction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from builder.errors import UsageError
+
+# Fractions of the physical peak that a healthy node or cluster clears at >= 1 GiB.
+NVSWITCH_SINGLE = 0.6  # [M1] 0.77, [M2] 0.82: 0.6 leaves room for older NCCL and noisy runs
+PCIE_SINGLE = 0.25  # [I] PCIe rings lose to host bridges and CPU NUMA hops; catches P2P/SHM breakage
+MULTI_NODE = 0.6  # [M3] 0.66 .. 1.6: below 0.6 of the network peak something is wrong
+
+A100_NVLINK = 300.0  # [A100]
+H100_NVLINK = 450.0  # [H100]
+PCIE4_X16 = 31.5  # [PCIe4]
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    gpus: int
+    gpu: str
+    intra: str  # how GPUs in one node talk
+    intra_peak: float  # GB/s per GPU per direction
+    network_gbps: int  # per node
+    efa: bool
+    single_fraction: float
+    multi_fraction: float = MULTI_NODE
+
+    @property
+    def network_peak(self) -> float:
+        """GB/s per node."""
+        return self.network_gbps / 8
+
+    def peak(self, nodes: int) -> float:
+        return self.intra_peak if nodes <= 1 else self.network_peak
+
+    def threshold(self, nodes: int) -> float:
+        return round(self.peak(nodes) * (self.single_fraction if nodes <= 1 else self.multi_fraction), 2)
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "network_peak": self.network_peak,
+            "single_node_threshold": self.threshold(1),
+            "multi_node_threshold": self.threshold(2),
+        }
+
+
+INSTANCES: dict[str, Instance] = {
+    i.name: i
+    for i in (
+        Instance("p4d.24xlarge", 8, "A100 40GB", "NVSwitch NVLink3", A100_NVLINK, 400, True, NVSWITCH_SINGLE),  # [P4]
+        Instance("p4de.24xlarge", 8, "A100 80GB", "NVSwitch NVLink3", A100_NVLINK, 400, True, NVSWITCH_SINGLE),  # [P4]
+        Instance("p5.48xlarge", 8, "H100 80GB", "NVSwitch NVLink4", H100_NVLINK, 3200, True, NVSWITCH_SINGLE),  # [P5]
+        Instance("p5e.48xlarge", 8, "H200 141GB", "NVSwitch NVLink4", H100_NVLINK, 3200, True, NVSWITCH_SINGLE),  # [P5]
+        Instance("p5en.48xlarge", 8, "H200 141GB", "NVSwitch NVLink4", H100_NVLINK, 3200, True, NVSWITCH_SINGLE),  # [P5]
+        Instance("g5.48xlarge", 8, "A10G 24GB", "PCIe 4.0 x16", PCIE4_X16, 100, True, PCIE_SINGLE),  # [G5]
+        Instance("g6.48xlarge", 8, "L4 24GB", "PCIe 4.0 x16", PCIE4_X16, 100, True, PCIE_SINGLE),  # [G6]
+        Instance("g6e.48xlarge", 8, "L40S 48GB", "PCIe 4.0 x16", PCIE4_X16, 400, True, PCIE_SINGLE),  # [G6]
+    )
+}
+
+
+def get_instance(name: str) -> Instance:
+    try:
+        return INSTANCES[name]
+    except KeyError:
+        known = ", ".join(INSTANCES)
+        raise UsageError(f"unknown instance type '{name}': known are {known} (or give --threshold GB/s)") from None
