@@ -50,10 +50,10 @@ OFI_PLATFORM_AWS_FLAG = V("1.4.0")
 # their own copies of the headers they need.
 OFI_NEEDS_NCCL_HEADERS_BELOW = V("1.7.0")
 
-# SHA256 of aws-efa-installer-<v>.tar.gz as pinned by AWS ParallelCluster's cookbook
-# (aws/aws-parallelcluster-cookbook, cookbooks/aws-parallelcluster-environment/attributes/environment.rb
-# and its history). Filled in matrix.yaml under defaults.checksums.efa_installer; kept there, not here,
-# so users can add their own pins without editing code.
+# SHA256 values of aws-efa-installer-<v>.tar.gz live in matrix.yaml (checksums.efa_installer), so
+# users add pins without a code change. They are AWS's published values ("Verify the EFA installer
+# using a checksum", EC2 user guide), cross-checked where AWS ParallelCluster's cookbook pins the same
+# version (cookbooks/aws-parallelcluster-environment/attributes/environment.rb and its history).
 
 # --- EFA / NCCL environment presets (efa-cheatsheet, awsome-distributed-training) ----------
 # aws-ofi-nccl <= 1.5: FI_PROVIDER=efa and NCCL_PROTO=simple; 1.6.x: FI_EFA_USE_DEVICE_RDMA=1;
@@ -65,15 +65,15 @@ OFI_DEVICE_RDMA_BELOW = V("1.7.0")
 # Kept in matrix.yaml (bases: ... ships:) so a user can add a tag without a code change.
 
 # --- PyTorch <-> CUDA <-> Python, for source builds ----------------------------------------
-# From pytorch/pytorch RELEASE.md "Release Compatibility Matrix" (CUDA versions the release was
-# built and tested with; a source build outside that CUDA range is unsupported) and the Python
-# range each release supports.
+# From pytorch/pytorch RELEASE.md "Release Compatibility Matrix" (rows 1.12 to 2.10: lowest stable
+# to highest experimental CUDA, and the Python range incl. experimental) and, for 1.10/1.11 which
+# have no row, the CUDA wheels they shipped (cu102..cu113 / cu115) and pytorch/vision's README.
 PYTORCH_COMPAT = {
     # minor: (min CUDA, max CUDA, min Python, max Python)
     "1.10": (V("10.2"), V("11.3"), V("3.6"), V("3.9")),
     "1.11": (V("10.2"), V("11.5"), V("3.7"), V("3.10")),
     "1.12": (V("10.2"), V("11.6"), V("3.7"), V("3.10")),
-    "1.13": (V("11.6"), V("11.7"), V("3.7"), V("3.11")),
+    "1.13": (V("11.6"), V("11.7"), V("3.7"), V("3.10")),
     "2.0": (V("11.7"), V("11.8"), V("3.8"), V("3.11")),
     "2.1": (V("11.8"), V("12.1"), V("3.8"), V("3.11")),
     "2.2": (V("11.8"), V("12.1"), V("3.8"), V("3.12")),

@@ -1,0 +1,105 @@
+"""`builder render`: write images/<name>/Dockerfile, check it is current, or print one custom file."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import click
+
+from builder.errors import BuilderError, UsageError
+from builder.render import Renderer, dockerfile_path, generated_dirs, write_atomic
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"--set {item!r}: expected component=version, e.g. --set nccl=2.23.4")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@click.command("render")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Render every image of the matrix.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write to OUT/<name>/Dockerfile instead of images/.")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 when images/ is not what the matrix renders.")
+@click.option("--stdout", "to_stdout", is_flag=True, help="Print the Dockerfile of one image instead of writing it.")
+@click.option("--set", "sets", multiple=True, metavar="COMPONENT=VERSION",
+              help="Override a component (or base=, region=) for one image; re-validated.")
+@click.option("--with", "with_", multiple=True, metavar="STANZA", help="Switch a stanza on for one image.")
+@click.option("--without", multiple=True, metavar="STANZA", help="Switch a stanza off for one image.")
+@click.pass_obj
+def render_cmd(state, names, all_, out_dir, check, to_stdout, sets, with_, without):
+    """Render Dockerfiles from the matrix into images/<name>/Dockerfile.
+
+    \b
+    builder render --all                 regenerate every Dockerfile (stale ones removed)
+    builder render --all --check         exit 1 when images/ is out of date (CI)
+    builder render NAME --set nccl=2.23.4 --with xformers --stdout
+                                         one custom Dockerfile for review
+    """
+    matrix = state.matrix()
+    renderer = Renderer()
+    custom = bool(sets or with_ or without)
+    if custom or to_stdout:
+        if len(names) != 1 or all_:
+            raise UsageError("--set/--with/--without/--stdout work on exactly one image name")
+        spec = matrix.customize(names[0], _parse_sets(sets), with_, without) if custom else matrix.get(names[0])
+        rendered = renderer.render(spec)
+        if to_stdout or out_dir is None and custom:
+            if not to_stdout:
+                raise UsageError("a customised image is not in the matrix: pass --stdout, or --out DIR to write it")
+            click.echo(rendered.dockerfile, nl=False)
+            return
+        write_atomic(dockerfile_path(out_dir, spec), rendered.dockerfile)
+        click.echo(f"wrote {dockerfile_path(out_dir, spec)}", err=True)
+        return
+
+    specs = matrix.select(names, all_)
+    root = out_dir.parent if out_dir else state.root
+    target = (lambda s: out_dir / s.name / "Dockerfile") if out_dir else (lambda s: dockerfile_path(state.root, s))
+    stale: list[str] = []
+    for spec in specs:
+        text = renderer.render(spec).dockerfile
+        path = target(spec)
+        current = path.read_text(encoding="utf-8") if path.is_file() else None
+        if current == text:
+            continue
+        if check:
+            stale.append(f"{path.relative_to(root) if path.is_relative_to(root) else path}: "
+                         + ("missing" if current is None else _first_difference(current, text)))
+        else:
+            write_atomic(path, text)
+            click.echo(f"wrote {path}", err=True)
+    if all_ and out_dir is None:
+        known = {s.name for s in specs}
+        for name, folder in generated_dirs(state.root).items():
+            if name in known:
+                continue
+            if check:
+                stale.append(f"images/{name}: no longer in the matrix")
+            else:
+                (folder / "Dockerfile").unlink()
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+                click.echo(f"removed images/{name} (no longer in the matrix)", err=True)
+    if check:
+        if stale:
+            raise BuilderError("images/ is stale; run 'builder render --all' and commit the result:\n"
+                               + "\n".join(f"  {line}" for line in stale))
+        click.echo(f"{len(specs)} Dockerfiles up to date", err=True)
+
+
+def _first_difference(old: str, new: str) -> str:
+    for line in difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0):
+        if line.startswith(("+", "-")) and not line.startswith(("+++", "---")):
+            return f"differs, first at: {line[:100]}"
+    return "differs"
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(render_cmd)
