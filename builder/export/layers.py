@@ -201,7 +201,7 @@ class RootfsBuilder:
             if tst is None or stat.S_ISDIR(tst.st_mode) or not self._parent_is_real(target):
                 raise BuilderError(f"image layer hard-links {rel!r} to {member.linkname!r}, which is not a file in the image")
             os.link(self._abs(target), path, follow_symlinks=False)
-            return  # a hard link shares the target's inode: its metadata is the target's
+            # The link's header metadata lands on the shared inode, as the engine does it.
         elif member.isfifo():
             os.mkfifo(path, 0o600)
         elif member.ischr() or member.isblk():
