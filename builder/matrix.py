@@ -101,6 +101,7 @@ TOP_KEYS = ("schema", "defaults", "flavor_defaults", "bases", "sources", "checks
 ENTRY_KEYS = (
     "name", "flavor", "description", "base", "region", "components", "stanzas", "axes", "include",
     "exclude", "repository", "tags", "labels", "env", "cuda_archs", "code", "pip", "waivers", "label_prefix",
+    "size_baseline", "size_tolerance",
 )
 DEFAULT_KEYS = tuple(k for k in ENTRY_KEYS if k not in ("name", "flavor", "axes", "include", "exclude"))
 MAPPING_KEYS = ("components", "stanzas", "labels", "env", "waivers", "code")
@@ -177,6 +178,8 @@ class ImageSpec:
     checksums: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     provenance: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     origin: str = ""
+    size_baseline: int | None = None  # bytes; builds fail when the image exceeds it by size_tolerance
+    size_tolerance: float = 0.2
 
     @property
     def base_image(self) -> str:
@@ -762,6 +765,12 @@ def _build_spec(ctx: _Context, draft: _Draft, problems: list[Problem]) -> ImageS
         err("label_prefix", "lowercase reverse-DNS style, e.g. com.example.images")
         label_prefix = "builder"
 
+    size_baseline = _size(values.get("size_baseline"), err)
+    tolerance = values.get("size_tolerance", 0.2)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance <= 10:
+        err("size_tolerance", "a fraction like 0.2 (fail when the image is more than 20% over its baseline)")
+        tolerance = 0.2
+
     if base is None or len(problems) > start and any(p.severity == "error" for p in problems[start:]):
         return None
 
@@ -827,6 +836,8 @@ def _build_spec(ctx: _Context, draft: _Draft, problems: list[Problem]) -> ImageS
         checksums=MappingProxyType(checksums),
         provenance=MappingProxyType(provenance),
         origin=f"{ctx.file}:{draft.line}",
+        size_baseline=size_baseline,
+        size_tolerance=float(tolerance),
     )
     for problem in rules.check(spec, comps_raw):
         problems.append(replace(problem, file=ctx.file, image=name,
@@ -892,6 +903,22 @@ def _resolve_sources(ctx, comps, versions, err) -> tuple[dict, dict, dict]:
         if digest:
             checksums[key] = digest
     return sources, forms, checksums
+
+
+SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def _size(raw, err) -> int | None:
+    """'18GB' / '850 MiB' -> bytes."""
+    if raw is None:
+        return None
+    m = SIZE_RE.match(str(raw).strip()) if isinstance(raw, str) else None
+    if not m:
+        err("size_baseline", "a size like \"18GB\" or \"850MiB\"")
+        return None
+    return int(float(m.group(1)) * SIZE_UNITS[m.group(2)])
 
 
 def _code_spec(raw, err) -> CodeSpec | None:
