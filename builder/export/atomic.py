@@ -90,10 +90,13 @@ def os_error_line(exc: OSError, path: Path | str, doing: str) -> BuilderError:
 def check_writable_folder(dest: Path) -> None:
     """Fail fast, before any heavy work, when the destination folder cannot take a file."""
     folder = dest.parent
-    if not folder.is_dir():
-        raise BuilderError(f"destination folder {folder} does not exist; create it first")
-    if dest.is_dir():
-        raise BuilderError(f"destination {dest} is a folder; give a file name like {dest}/NAME.sqsh")
+    try:
+        if not folder.is_dir():
+            raise BuilderError(f"destination folder {folder} does not exist; create it first")
+        if dest.is_dir():
+            raise BuilderError(f"destination {dest} is a folder; give a file name like {dest}/NAME.sqsh")
+    except OSError as exc:
+        raise os_error_line(exc, folder, "looking at") from None
     probe = temp_name(dest, "probe")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,0 +1,312 @@
+"""Fast tests of the export stages (no Docker): layer application, save-stream ordering,
+enroot files, squash options, atomic publishing, sidecar and error lines."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import random
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.errors import BuilderError, UsageError
+from builder.export import ExportRequest, atomic, enroot_config, sidecar, source, squash, validate_reference
+from builder.export.layers import RootfsBuilder
+
+import export_support as sup
+
+
+def layer(*entries) -> io.BytesIO:
+    """entries: (name, kind, data_or_target, mode[, uid, gid])"""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, payload, mode, *owner in entries:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime = kind, mode, 1_600_000_000
+            info.uid, info.gid = owner or (0, 0)
+            if kind == tarfile.REGTYPE:
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+            else:
+                info.linkname = payload or ""
+                tar.addfile(info)
+    buf.seek(0)
+    return buf
+
+
+F, D, L, H = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
+
+
+def tree(root: Path) -> dict[str, str]:
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder, name)
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                out[rel] = "-> " + os.readlink(path)
+            elif path.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = path.read_bytes().decode()
+    return out
+
+
+def build(tmp_path: Path, *layers) -> Path:
+    root = tmp_path / "rootfs"
+    root.mkdir(parents=True)
+    b = RootfsBuilder(root)
+    for l in layers:
+        b.apply(l)
+    b.finish()
+    return root
+
+
+def base():
+    return layer(("etc", D, None, 0o755), ("etc/a", F, b"a", 0o644), ("etc/sub", D, None, 0o755),
+             ("etc/sub/x", F, b"x", 0o644), ("opt", D, None, 0o755), ("opt/f", F, b"f", 0o644),
+             ("dev", D, None, 0o755), ("dev/null-ish", F, b"n", 0o644))
+
+
+def test_whiteouts_replace_and_dev_content(tmp_path):
+    upper = layer(("etc/.wh.a", F, b"", 0), ("etc/sub/.wh..wh..opq", F, b"", 0), ("etc/sub/y", F, b"y", 0o600),
+                  ("opt", F, b"now a file", 0o644), ("new", D, None, 0o700), ("new/z", F, b"z", 0o644))
+    root = build(tmp_path, base(), upper)
+    assert tree(root) == {"etc": "dir", "etc/sub": "dir", "etc/sub/y": "y", "opt": "now a file",
+                          "dev": "dir", "new": "dir", "new/z": "z"}
+    assert stat.S_IMODE(os.stat(root / "new").st_mode) == 0o700
+
+
+def test_opaque_marker_after_this_layers_entries_keeps_them(tmp_path):
+    upper = layer(("etc/sub", D, None, 0o755), ("etc/sub/mine", F, b"m", 0o644),
+                  ("etc/sub/.wh..wh..opq", F, b"", 0))
+    root = build(tmp_path, base(), upper)
+    assert sorted(os.listdir(root / "etc/sub")) == ["mine"]
+
+
+def test_directory_over_file_and_symlink(tmp_path):
+    lower = layer(("lib", L, "usr/lib", 0o777), ("f", F, b"f", 0o644))
+    upper = layer(("lib", D, None, 0o755), ("lib/x", F, b"x", 0o644), ("f", D, None, 0o755))
+    root = build(tmp_path, lower, upper)
+    assert tree(root) == {"lib": "dir", "lib/x": "x", "f": "dir"}
+
+
+def test_paths_never_escape_the_root(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    evil = layer(("escape", L, str(outside), 0o777))
+    through = layer(("escape/pwned", F, b"!", 0o644), ("escape/.wh.victim", F, b"", 0))
+    (outside / "victim").write_text("safe")
+    root = build(tmp_path, evil, through)
+    assert sorted(os.listdir(outside)) == ["victim"]  # nothing written or removed through the symlink
+    assert tree(root) == {"escape": "dir", "escape/pwned": "!"}
+    with pytest.raises(BuilderError, match="unsafe path"):
+        build(tmp_path / "b", layer(("../up", F, b"", 0o644)))
+
+
+def test_hard_links_special_modes_and_read_only_dirs(tmp_path):
+    l1 = layer(("ro", D, None, 0o555), ("bin", D, None, 0o755), ("bin/tool", F, b"t", 0o4755),
+               ("bin/alias", H, "bin/tool", 0o4755), ("tmp", D, None, 0o1777))
+    l2 = layer(("ro", D, None, 0o555), ("ro/added", F, b"later", 0o444))
+    root = build(tmp_path, l1, l2)
+    assert os.stat(root / "bin/tool").st_ino == os.stat(root / "bin/alias").st_ino
+    assert stat.S_IMODE(os.stat(root / "bin/tool").st_mode) == 0o4755
+    assert stat.S_IMODE(os.stat(root / "tmp").st_mode) == 0o1777
+    assert stat.S_IMODE(os.stat(root / "ro").st_mode) == 0o555 and (root / "ro/added").read_text() == "later"
+    with pytest.raises(BuilderError, match="hard-links"):
+        build(tmp_path / "c", layer(("x", H, "missing", 0o644)))
+
+
+def test_enroot_files_written_safely(tmp_path):
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    b = RootfsBuilder(root)
+    b.apply(layer(("etc", L, str(tmp_path), 0o777)))  # a hostile /etc pointing out of the root
+    b.write_file("etc/rc", b"exec x\n")
+    assert (root / "etc").is_dir() and not (root / "etc").is_symlink()
+    assert not (tmp_path / "rc").exists()
+
+
+def _save_stream(layers: list[bytes], shuffle: bool, classic: bool = True) -> tuple[bytes, list[str]]:
+    """A docker-save-like archive: classic per-layer folders (json with parent) or OCI blobs."""
+    buf = io.BytesIO()
+    names, members = [], []
+    parent = None
+    for i, data in enumerate(layers):
+        if classic:
+            layer_id = f"{i:02d}".ljust(64, "a")
+            meta = {"id": layer_id, **({"parent": parent} if parent else {})}
+            members.append([(f"{layer_id}/VERSION", b"1.0"), (f"{layer_id}/json", json.dumps(meta).encode()),
+                            (f"{layer_id}/layer.tar", data)])
+            names.append(f"{layer_id}/layer.tar")
+            parent = layer_id
+        else:
+            name = f"blobs/sha256/{i:02d}".ljust(77, "b")
+            members.append([(name, data)])
+            names.append(name)
+    if shuffle:
+        random.Random(4).shuffle(members)
+    members.append([("manifest.json", json.dumps([{"Config": "c.json", "Layers": names}]).encode())])
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for group in members:
+            for name, data in group:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue(), names
+
+
+@pytest.mark.parametrize("classic", [True, False])
+def test_save_stream_applies_layers_in_manifest_order(tmp_path, classic):
+    layers = [layer(("f", F, f"v{i}".encode(), 0o644)).getvalue() for i in range(6)]
+    data, names = _save_stream(layers, shuffle=True, classic=classic)
+    seen = []
+
+    def apply(fileobj, index, name):
+        with tarfile.open(fileobj=fileobj, mode="r|") as t:
+            for m in t:
+                seen.append((index, name, t.extractfile(m).read()))
+
+    chunks = (data[i:i + 1000] for i in range(0, len(data), 1000))
+    result = source.apply_saved_image(source.ChunkReader(chunks), str(tmp_path / "spool"), apply)
+    assert [s[1] for s in seen] == names and [s[2] for s in seen] == [f"v{i}".encode() for i in range(6)]
+    assert [s[0] for s in seen] == list(range(6))
+    assert result.streamed + result.spooled == 6 and (result.streamed > 0) == classic
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_enroot_config_matches_enroot_rules():
+    files = enroot_config.render({"Env": ["A=1", "B=two words"], "Volumes": {"/v": {}},
+                                  "WorkingDir": "/w d", "Entrypoint": ["/e"], "Cmd": ["it's"],
+                                  "Labels": {"k": "v"}})
+    assert files["etc/environment"] == "A=1\nB=two words\n"
+    assert files["etc/fstab"] == "${ENROOT_ROOTFS}/v /v none x-create=dir,bind,rw,nosuid,nodev\n"
+    rc = files["etc/rc"]
+    assert rc.startswith("# k v\n\n") and "cd '/w d' && unset OLDPWD" in rc
+    assert "exec /e \"$@\"" in rc and "exec /e 'it'\"'\"'s'" in rc
+    bare = enroot_config.render({})["etc/rc"]
+    assert 'exec "$@"' in bare and "exec /bin/sh\n" in bare and "cd / &&" in bare
+
+
+def test_squash_options():
+    assert squash.squash_options(None, None, env={}) == ("-comp", "lzo", "-noD")
+    assert squash.squash_options(None, None, env={"ENROOT_SQUASH_OPTIONS": "-comp lz4 -b 1M"}) == ("-comp", "lz4", "-b", "1M")
+    assert squash.squash_options("zstd", None, env={}) == ("-comp", "zstd", "-Xcompression-level", "3")
+    assert squash.squash_options("gzip:9", None, env={}) == ("-comp", "gzip", "-Xcompression-level", "9")
+    assert squash.squash_options("none", None, env={}) == ("-noI", "-noD", "-noF", "-noX")
+    for bad in ("zip", "zstd:99", "lzo:3"):
+        with pytest.raises(UsageError):
+            squash.squash_options(bad, None, env={})
+    with pytest.raises(UsageError, match="not both"):
+        squash.squash_options("zstd", "-comp xz", env={})
+    with pytest.raises(UsageError, match="set by builder"):
+        squash.squash_options(None, "-processors 4", env={})
+    with pytest.raises(UsageError, match="characters"):
+        squash.squash_options(None, "-comp xz;rm", env={})
+    assert squash.default_processors({"ENROOT_MAX_PROCESSORS": "3"}) == 3
+
+
+def test_mksquashfs_failure_is_one_line(tmp_path):
+    sup.need(shutil.which("mksquashfs") is not None, "mksquashfs is missing (apt-get install squashfs-tools)")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root/f").write_text("x")
+    squash.mksquashfs(str(tmp_path / "root"), str(tmp_path / "ok.sqsh"), ("-comp", "zstd"), processors=1,
+                      all_root=True, log_path=str(tmp_path / "log"))
+    assert (tmp_path / "ok.sqsh").stat().st_size > 0
+    with pytest.raises(BuilderError, match=r"^mksquashfs failed \(exit \d+\): .*") as err:
+        squash.mksquashfs(str(tmp_path / "root"), str(tmp_path / "bad.sqsh"), ("-comp", "nope"), processors=1,
+                          all_root=True, log_path=str(tmp_path / "log"))
+    assert "\n" not in str(err.value)
+
+
+def test_stale_temporaries_are_removed_but_live_and_recent_foreign_ones_kept(tmp_path):
+    dest = tmp_path / "img.sqsh"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = atomic._HOST
+    names = {
+        "dead": f".img.sqsh.{host}.{dead.pid}.tmp",
+        "live": f".img.sqsh.{host}.{os.getppid()}.tmp",
+        "foreign_new": ".img.sqsh.otherhost.12.tmp",
+        "foreign_old": ".img.sqsh.otherhost.13.tmp",
+        "sidecar_dead": f".img.sqsh.json.{host}.{dead.pid}.tmp",
+        "unrelated": ".other.sqsh.otherhost.1.tmp",
+    }
+    for name in names.values():
+        (tmp_path / name).write_text("partial")
+    old = time.time() - atomic.STALE_FOREIGN_SECONDS - 10
+    os.utime(tmp_path / names["foreign_old"], (old, old))
+    removed = atomic.clean_stale(dest, sidecar.sidecar_path(dest))
+    assert sorted(p.name for p in removed) == sorted([names["dead"], names["foreign_old"], names["sidecar_dead"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["live"], names["foreign_new"], names["unrelated"]])
+
+
+def test_os_errors_become_one_clear_line(tmp_path):
+    for code, start in ((errno.ENOSPC, "no space left"), (errno.EDQUOT, "no space left"),
+                        (errno.EACCES, "permission denied"), (errno.EROFS, "read-only filesystem")):
+        message = str(atomic.os_error_line(OSError(code, os.strerror(code)), "/fsx/x.sqsh", "writing"))
+        assert message.startswith(start) and "/fsx/x.sqsh" in message and "\n" not in message
+    with pytest.raises(BuilderError, match="does not exist"):
+        atomic.check_writable_folder(tmp_path / "missing" / "x.sqsh")
+    with pytest.raises(BuilderError, match="is a folder"):
+        atomic.check_writable_folder(tmp_path)
+
+
+def test_permission_denied_before_any_work(request):
+    sup.need(os.geteuid() == 0 and shutil.which("setpriv") is not None, "needs root and setpriv to act as nobody")
+    open_dir = Path(tempfile.mkdtemp(prefix="builder-export-test-", dir="/tmp"))
+    os.chmod(open_dir, 0o755)  # nobody may enter, not write
+    locked = open_dir / "locked"
+    locked.mkdir(mode=0o755)
+    request.addfinalizer(lambda: shutil.rmtree(open_dir))
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                           "builder", "export", "any/image:1", "--to", str(locked / "x.sqsh")],
+                          capture_output=True, text=True, cwd="/")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: permission denied") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_sidecar_up_to_date_rules(tmp_path):
+    dest = tmp_path / "x.sqsh"
+    dest.write_bytes(b"squash")
+    settings = ExportRequest(ref="r:1", dest=dest).settings()
+    meta = {"image": {"id": "sha256:1"}, "settings": settings, "file": {"sha256": "s", **sidecar.file_facts(dest)}}
+    sidecar.sidecar_path(dest).write_bytes(sidecar.render(meta))
+    assert sidecar.up_to_date(dest, "sha256:1", settings)
+    assert not sidecar.up_to_date(dest, "sha256:2", settings)
+    assert not sidecar.up_to_date(dest, "sha256:1", ExportRequest(ref="r:1", dest=dest, keep_owners=True).settings())
+    dest.write_bytes(b"squash, but replaced by hand")
+    assert not sidecar.up_to_date(dest, "sha256:1", settings)
+
+
+def test_references():
+    for good in ("pytorch-efa/nvidia:ngc24.09-py3", "localhost:5000/a/b:1", "123.dkr.ecr.us-east-1.amazonaws.com/x:y",
+                 "sha256:" + "a" * 64, "img@sha256:" + "b" * 64, "busybox"):
+        assert validate_reference(good) == good
+    for bad in ("Bad Ref", "x:y;rm -rf", "a//b", "-x", "x:"):
+        with pytest.raises(UsageError):
+            validate_reference(bad)
+
+
+def test_matrix_name_resolves_to_its_primary_ref():
+    from builder.cli import State
+    from builder.commands.export import _resolve
+
+    matrix = Path(__file__).resolve().parents[1] / "matrix.yaml"
+    if not matrix.is_file():
+        pytest.skip("no bundled matrix.yaml")
+    state = State(matrix)
+    spec = state.matrix().images[0]
+    ref, entry = _resolve(state, spec.name)
+    assert ref == spec.primary_ref and entry["name"] == spec.name and entry["components"] == dict(spec.components)
+    assert _resolve(state, "some/other:image") == ("some/other:image", None)
