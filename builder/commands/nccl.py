@@ -221,37 +221,21 @@ def run_cmd(state, target, collectives, min_bytes, max_bytes, factor, iters, war
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = out_root / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', image)}-{stamp}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes = runner.run_suite(docker, image, opts, count, out_dir, inst, devices, timeout=timeout, plot=plot,
+                                progress=lambda msg: click.echo(msg, err=True))
     reports, code = [], EXIT_PASS
-    for coll in opts.collectives:
-        log_dir = out_dir / f"nccl-debug-{coll}"
-        log_dir.mkdir(exist_ok=True)
-        name = f"builder-nccl-{coll}-{stamp}"
-        cmd = runner.docker_command(docker, image, coll, opts, count, log_dir, devices, name=name)
-        click.echo(f"running {coll}_perf on {count} GPU(s) in {image} ...", err=True)
-        raw = runner.run_collective(cmd, coll, out_dir, log_dir, timeout, name, docker)
-        try:
-            result = parse_text(raw.stdout_path.read_text(errors="replace"), raw.logs_text(), collective=f"{coll}_perf")
-        except NoResults:
-            tail = raw.stderr_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no stderr)"]
-            click.echo(f"error: {coll}_perf produced no results (exit {raw.returncode}): {tail[0]}", err=True)
+    for o in outcomes:
+        if o.error:
+            click.echo(f"error: {o.error}", err=True)
             code = max(code, EXIT_NO_RESULTS)
             continue
-        verdict = judge_run(result, inst, nodes=1, expect_efa=bool(devices))
-        if raw.returncode != 0 and verdict.passed:
-            click.echo(f"warning: {coll}_perf exited {raw.returncode}", err=True)
-            code = max(code, EXIT_FAIL)
-        doc = to_json(result, verdict, source=str(raw.stdout_path))
-        (out_dir / f"report-{coll}.json").write_text(json.dumps(doc, indent=2))
-        if plot:
-            from builder.nccl.plot import plot_busbw
-
-            plot_busbw(result, out_dir / f"busbw-{coll}.png", verdict)
-        reports.append(doc)
+        reports.append(to_json(o.run, o.verdict, source=str(o.raw.stdout_path)))
         if not as_json:
-            click.echo(summary_text(result, source=f"{coll}_perf"))
-            click.echo(verdict_text(verdict))
-        if not verdict.passed:
+            click.echo(summary_text(o.run, source=f"{o.collective}_perf"))
+            click.echo(verdict_text(o.verdict))
+        if o.raw.returncode != 0:
+            click.echo(f"warning: {o.collective}_perf exited {o.raw.returncode}", err=True)
+        if o.failed:
             code = max(code, EXIT_FAIL)
     if as_json:
         _emit_json(reports)

@@ -12,6 +12,7 @@ NCCL took.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -199,3 +200,71 @@ def detect_instance_type(timeout: float = 1.0) -> str | None:
         return resp.text.strip() if resp.ok else None
     except requests.RequestException:
         return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One collective of a run: the raw files, and the parsed run and verdict when there were results."""
+
+    collective: str
+    raw: RawResult
+    run: object | None  # NcclRun
+    verdict: object | None  # Verdict
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or not self.verdict.passed or self.raw.returncode != 0
+
+
+def run_suite(
+    docker: str,
+    image: str,
+    opts: RunOptions,
+    gpus: int,
+    out_dir: Path,
+    instance=None,
+    devices: list[str] | None = None,
+    timeout: int = 1800,
+    plot: bool = True,
+    progress=None,
+    adapt_command=None,
+) -> list[Outcome]:
+    """Run each collective, keep stdout/stderr/NCCL logs under ``out_dir``, parse, judge, report.
+
+    ``adapt_command(argv) -> argv`` lets a caller adjust the docker argv (the tests use it to drop
+    ``--gpus`` on an engine without a GPU runtime).
+    """
+    from builder.nccl.judge import judge
+    from builder.nccl.parse import NoResults, parse_text
+    from builder.nccl.report import to_json
+
+    devices = efa_devices() if devices is None else devices
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = out_dir.name[-15:].replace("/", "")
+    outcomes = []
+    for coll in opts.collectives:
+        log_dir = out_dir / f"nccl-debug-{coll}"
+        log_dir.mkdir(exist_ok=True)
+        name = re.sub(r"[^a-zA-Z0-9_.-]", "-", f"builder-nccl-{coll}-{stamp}-{os.getpid()}")
+        cmd = docker_command(docker, image, coll, opts, gpus, log_dir, devices, name=name)
+        if adapt_command:
+            cmd = adapt_command(cmd)
+        if progress:
+            progress(f"running {coll}_perf on {gpus} GPU(s) in {image} ...")
+        raw = run_collective(cmd, coll, out_dir, log_dir, timeout, name, docker)
+        try:
+            result = parse_text(raw.stdout_path.read_text(errors="replace"), raw.logs_text(), collective=f"{coll}_perf")
+        except NoResults:
+            tail = raw.stderr_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no stderr)"]
+            outcomes.append(Outcome(coll, raw, None, None, f"{coll}_perf produced no results (exit {raw.returncode}): {tail[0]}"))
+            continue
+        # EFA devices on the host mean the image must use them: a socket fallback is an image bug.
+        verdict = judge(result, instance, nodes=1, expect_efa=bool(devices))
+        (out_dir / f"report-{coll}.json").write_text(json.dumps(to_json(result, verdict, str(raw.stdout_path)), indent=2))
+        if plot:
+            from builder.nccl.plot import plot_busbw
+
+            plot_busbw(result, out_dir / f"busbw-{coll}.png", verdict)
+        outcomes.append(Outcome(coll, raw, result, verdict))
+    return outcomes
