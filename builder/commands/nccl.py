@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from builder.errors import BuilderError, UsageError
+from builder.errors import UsageError
 from builder.nccl import EXIT_FAIL, EXIT_NO_RESULTS, EXIT_PASS
 from builder.nccl.instances import INSTANCES, get_instance
 from builder.nccl.judge import judge as judge_run

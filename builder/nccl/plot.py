@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder.nccl.judge import Verdict, human_bytes
+from builder.nccl.judge import LARGE_BYTES, Verdict, human_bytes
 from builder.nccl.parse import NcclRun
 
 
@@ -40,10 +40,16 @@ def plot_busbw(run: NcclRun, path: Path, verdict: Verdict | None = None, title: 
                    label=f"physical peak ({kind}) {verdict.physical_peak:g} GB/s")
         top = max(top, verdict.physical_peak)
     if verdict and verdict.threshold:
-        ax.axhline(verdict.threshold, color="tab:red", ls="-.", lw=1.4,
-                   label=f"threshold {verdict.threshold:g} GB/s")
+        # Drawn only where it applies: the bandwidth-bound sizes (>= 1 GiB, or the largest run).
+        start = min(LARGE_BYTES, verdict.measured_size or LARGE_BYTES)
+        ax.axhline(verdict.threshold, color="tab:red", ls="-.", lw=0.8, alpha=0.35)
+        ax.hlines(verdict.threshold, start / 1.15, max(sizes) * 1.3, color="tab:red", linestyles="-.", lw=2,
+                  label=f"threshold {verdict.threshold:g} GB/s (judged from {human_bytes(start)})")
         top = max(top, verdict.threshold)
     if verdict and verdict.measured is not None:
+        below = verdict.threshold is not None and verdict.measured < verdict.threshold
+        ax.plot([verdict.measured_size], [verdict.measured], "X" if below else "o", ms=10, mfc="none", mew=2,
+                color="tab:red" if below else "tab:green")
         ax.annotate(f"{verdict.measured:g} GB/s", (verdict.measured_size, verdict.measured),
                     textcoords="offset points", xytext=(-10, 8), ha="right", fontsize=9)
 
