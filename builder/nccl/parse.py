@@ -330,8 +330,8 @@ def _parse_stream(lines: list[str]) -> list[_Table]:
 
     for raw in lines:
         content = raw.strip()
-        if not content:
-            continue
+        if not content or "NCCL INFO" in content or "NCCL WARN" in content:
+            continue  # log lines: read by detect_transport, never part of a table
         if "nThread" in content and "nGpus" in content:
             new_table()
             cur.params = {k.rstrip(":").replace(" ", "_"): v for k, v in _PARAM.findall(content)}
@@ -409,6 +409,17 @@ def detect_transport(lines: list[str]) -> Transport:
             continue
         if "CollNet" in line:  # "Failed to find ncclCollNetPlugin_v4 symbol": the net plugin did load
             continue
+        if "via NET/" in line:
+            for m in _CHANNEL_NET.finditer(line):
+                channel_nets.add(m.group(1))
+                if m.group(2):
+                    gdr_seen = True
+                else:
+                    plain_seen = True
+                keep("channel", line)
+            continue
+        if "NET/" not in line and "Using network" not in line:
+            continue
         m = _PLUGIN_VERSION.search(line)
         if m:
             plugin, loaded = m.group(1), True
@@ -433,13 +444,6 @@ def detect_transport(lines: list[str]) -> Transport:
         if m:
             network = network or m.group(1)
             keep("network", line)
-        for m in _CHANNEL_NET.finditer(line):
-            channel_nets.add(m.group(1))
-            if m.group(2):
-                gdr_seen = True
-            else:
-                plain_seen = True
-            keep("channel", line)
 
     socket_used = (network == "Socket") or ("Socket" in channel_nets)
     libfabric = (network and "Libfabric" in network) or any("Libfabric" in n for n in channel_nets)
@@ -514,8 +518,13 @@ def parse_runs(text: str, logs: str = "", collective: str | None = None) -> list
             f"(MPI=1) and every rank ran alone; reading rank {label}'s"
         )
     transport = detect_transport(contents + logs.splitlines())
-    nccl_version = next((m.group(1) for c in contents + logs.splitlines() if (m := _NCCL_VERSION.search(c))), None)
-    binary = next((m.group(1) for c in contents if "#" not in c[:1] and (m := _PERF_BINARY.search(c))), None)
+    nccl_version = next(
+        (m.group(1) for c in contents + logs.splitlines() if "NCCL version" in c and (m := _NCCL_VERSION.search(c))),
+        None,
+    )
+    binary = next(
+        (m.group(1) for c in contents if "_perf" in c and "#" not in c[:1] and (m := _PERF_BINARY.search(c))), None
+    )
 
     runs = []
     for table in with_tables[label]:
@@ -560,3 +569,11 @@ def parse_text(text: str, logs: str = "", collective: str | None = None) -> Nccl
         extra = f"{len(runs) - 1} more result table(s) follow in this output (parse_runs reads them all)"
         return _with_warnings(runs[0], [*runs[0].warnings, extra])
     return runs[0]
+
+
+def parse_file(path, log_paths=(), collective: str | None = None) -> NcclRun:
+    """``parse_text`` of a file (e.g. a Slurm job's output), with NCCL_DEBUG_FILE logs read alongside."""
+    from pathlib import Path
+
+    logs = "\n".join(Path(p).read_text(errors="replace") for p in log_paths)
+    return parse_text(Path(path).read_text(errors="replace"), logs, collective)
