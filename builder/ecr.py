@@ -117,7 +117,9 @@ class EcrApi:
             match = ECR_HOST_RE.match(registry)
             if match:
                 account = match["account"]
-                region = region or match["region"]
+                if region and region != match["region"]:
+                    raise UsageError(f"--region {region} does not match the registry {registry} (region {match['region']})")
+                region = match["region"]
         session = boto3.session.Session(region_name=region) if region else boto3.session.Session()
         if not session.region_name:
             raise UsageError(

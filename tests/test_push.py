@@ -231,3 +231,20 @@ def test_no_region_is_a_usage_error(monkeypatch):
     monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
     with pytest.raises(UsageError, match="no AWS region"):
         EcrApi.connect(registry="127.0.0.1:5000")
+
+
+def test_cli_bad_input_exits_2_without_traceback():
+    from click.testing import CliRunner
+
+    from builder.cli import cli
+
+    runner = CliRunner()
+    for args, message in (
+        (["push", "team/pt:v1", "--registry", "https://x.example"], "invalid --registry"),
+        (["push", "team/pt:v1;ls"], "neither an image of the matrix"),
+        (["push", "team/pt:v1", "--registry", "123456789012.dkr.ecr.us-east-1.amazonaws.com", "--region", "eu-west-1"], "does not match"),
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        assert "error: " in result.output and message in result.output
+        assert "Traceback" not in result.output

@@ -259,3 +259,36 @@ def test_refused_token_is_retried_then_one_clear_error(tmp_path, moto, engine, i
         assert _recorded_digest(moto, repo, "v1") is None
     finally:
         _teardown(engine, registry, front)
+
+
+def test_matrix_name_pushes_every_tag_the_matrix_gives(stack, moto, engine, images):
+    """`builder push NAME`: the entry's refs, re-rooted at the registry, all verified."""
+    from pathlib import Path
+
+    from builder.matrix import load_matrix
+
+    registry, front = stack
+    matrix_path = Path(__file__).resolve().parent.parent / "matrix.yaml"
+    local = {tag for image in engine.images.list() for tag in image.tags}
+    # An entry none of whose refs exist here, so that no real build of it is touched.
+    spec = next((s for s in load_matrix(matrix_path).images if not set(s.refs) & local), None)
+    need(spec is not None, "every matrix entry has a local image; no entry is free for a stand-in")
+    for ref in spec.refs:
+        engine.images.get(images["b"]).tag(*ref.rsplit(":", 1))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "builder", "--matrix", str(matrix_path), "push", spec.name, "--registry", front.address, "--json"],
+            env=aws_env(moto.endpoint),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        tags = json.loads(result.stdout)["tags"]
+        assert [f"{t['repository']}:{t['tag']}" for t in tags] == list(spec.refs)
+        for t in tags:
+            assert t["ref"] == f"{front.address}/{t['repository']}:{t['tag']}"
+            assert t["digest"] == _served_digest(front, t["repository"], t["tag"]) == _recorded_digest(moto, t["repository"], t["tag"])
+    finally:
+        for ref in spec.refs:
+            engine.images.remove(ref, noprune=True)
