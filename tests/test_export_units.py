@@ -298,15 +298,28 @@ def test_references():
             validate_reference(bad)
 
 
-def test_matrix_name_resolves_to_its_primary_ref():
-    from builder.cli import State
+def test_matrix_name_resolves_to_its_primary_ref(tmp_path):
+    from types import SimpleNamespace
+
     from builder.commands.export import _resolve
 
-    matrix = Path(__file__).resolve().parents[1] / "matrix.yaml"
-    if not matrix.is_file():
-        pytest.skip("no bundled matrix.yaml")
-    state = State(matrix)
-    spec = state.matrix().images[0]
-    ref, entry = _resolve(state, spec.name)
-    assert ref == spec.primary_ref and entry["name"] == spec.name and entry["components"] == dict(spec.components)
-    assert _resolve(state, "some/other:image") == ("some/other:image", None)
+    spec = SimpleNamespace(name="pt-efa", flavor="source", components={"nccl": "2.21.5"},
+                           versions={"nccl": "2.21.5", "cuda": "12.4.1"}, tags=("a", "b"),
+                           refs=("repo/pt:a", "repo/pt:b"), primary_ref="repo/pt:a")
+    (tmp_path / "matrix.yaml").write_text("images: []\n")
+    matrix = SimpleNamespace(find=lambda name: spec if name == spec.name else None)
+    state = SimpleNamespace(matrix_path=tmp_path / "matrix.yaml", matrix=lambda: matrix)
+    ref, entry = _resolve(state, "pt-efa")
+    assert ref == "repo/pt:a" and entry["name"] == "pt-efa" and entry["components"]["cuda"] == "12.4.1"
+    assert _resolve(state, "some/other:image") == ("some/other:image", None)  # never looked up
+    assert _resolve(state, "busybox") == ("busybox", None)  # not in the matrix: an image reference
+    with pytest.raises(UsageError):
+        _resolve(state, "Not An Image")
+
+
+def test_components_from_labels():
+    from builder.export import components_from_labels
+
+    labels = {"builder.component.nccl": "2.21.5", "com.example.component.efa": "1.35.0", "other": "x",
+              "org.opencontainers.image.version": "1"}
+    assert components_from_labels(labels) == {"nccl": "2.21.5", "efa": "1.35.0"}

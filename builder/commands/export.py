@@ -21,7 +21,7 @@ def _resolve(state, arg: str) -> tuple[str, dict | None]:
             entry = {
                 "name": spec.name,
                 "flavor": spec.flavor,
-                "components": dict(spec.components),
+                "components": dict(getattr(spec, "versions", None) or spec.components),
                 "tags": list(spec.tags),
                 "refs": list(spec.refs),
             }

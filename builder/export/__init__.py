@@ -208,12 +208,26 @@ def _metadata(request: ExportRequest, image, settings, dest: Path, digest: str, 
             "labels": labels,
         },
         "matrix": entry,
-        "components": dict((entry or {}).get("components") or {}),
+        "components": {**components_from_labels(labels), **dict((entry or {}).get("components") or {})},
         "settings": settings,
         "file": {"name": dest.name, "sha256": digest, **facts},
         "exported_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "builder_version": __version__,
     }
+
+
+_COMPONENT_LABEL = re.compile(r"^[a-z0-9.-]+\.component\.([a-z0-9_]+)$")
+
+
+def components_from_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """Component versions the build wrote as labels (``<prefix>.component.<name>``), so an
+    image given by reference still records what is inside it."""
+    found = {}
+    for key, value in labels.items():
+        match = _COMPONENT_LABEL.match(key)
+        if match:
+            found[match[1]] = value
+    return found
 
 
 def _sha256(path: Path) -> str:
@@ -272,10 +286,12 @@ def _write_native_sqsh(client, image, request: ExportRequest, temp: Path, progre
         layer_count = len((image.attrs.get("RootFS") or {}).get("Layers") or []) or "?"
 
         def apply_layer(fileobj, index: int, name: str) -> None:
-            progress(f"applying layer {index + 1}/{layer_count}")
+            before = builder.stats.bytes
             builder.apply(fileobj)
+            progress(f"applied layer {index + 1}/{layer_count} ({(builder.stats.bytes - before) / 1e6:.0f} MB)")
             _pause("layers")
 
+        unpack_started = time.monotonic()
         try:
             saved = source.apply_saved_image(source.ChunkReader(image.save(chunk_size=1 << 20)),
                                              str(work / "spool"), apply_layer)
@@ -290,10 +306,14 @@ def _write_native_sqsh(client, image, request: ExportRequest, temp: Path, progre
             progress(f"warning: {len(builder.stats.skipped)} entries could not be created "
                      f"(devices need root), first: /{builder.stats.skipped[0]}")
         _pause("squash")
+        squash_started = time.monotonic()
         progress(f"mksquashfs {' '.join(request.squash_options)} with {request.processors} processors")
         squash.mksquashfs(str(rootfs), str(temp), request.squash_options, processors=request.processors,
                           all_root=not request.keep_owners, log_path=str(work / "mksquashfs.log"))
         return {
+            "unpack_seconds": round(squash_started - unpack_started, 2),
+            "squash_seconds": round(time.monotonic() - squash_started, 2),
+            "unpacked_bytes": builder.stats.bytes,
             "layers": len(saved.layers), "layers_streamed": saved.streamed, "layers_spooled": saved.spooled,
             "entries": builder.stats.entries, "whiteouts": builder.stats.whiteouts,
             "opaque_dirs": builder.stats.opaque_dirs,
