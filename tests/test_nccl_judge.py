@@ -150,3 +150,12 @@ def test_cli_unknown_instance_is_a_usage_error():
 
 def test_read_transport_is_exported_for_the_slurm_writer():
     assert read_transport("").verdict == "unknown"
+
+
+def test_tests_dir_must_be_a_plain_absolute_path(tmp_path):
+    from builder.nccl.run import RunOptions, docker_command
+
+    cmd = docker_command("docker", "img:1", "all_reduce", RunOptions(tests_dir="/opt/t/build"), 8, tmp_path, [])
+    assert 'exec "/opt/t/build/$b" "$@"' in cmd[cmd.index("-c") + 1]
+    with pytest.raises(UsageError):
+        docker_command("docker", "img:1", "all_reduce", RunOptions(tests_dir='/x"; rm -rf /'), 8, tmp_path, [])
