@@ -204,3 +204,28 @@ def test_truncated_output_shows_in_the_average():
     run = parse_text(text)
     assert run.average_matches is False
     assert any("rows are missing" in w for w in run.warnings)
+
+
+def test_old_all_gather_without_op_or_root_columns_and_exponent_errors():
+    run = parse_text(load_fixture("nccl_644_allgather_old_noop.txt"))
+    assert len(run.rows) == 13
+    row = run.rows[0]
+    assert (row.size, row.count, row.type, row.redop, row.root) == (65536, 2048, "float", None, None)
+    assert row.out_of_place.delta == 0.0 and row.in_place.busbw == 1.14
+    assert run.rows[-1].out_of_place.time_us == 32071
+
+
+def test_columns_wider_than_their_width_still_split():
+    run = parse_text(load_fixture("nixpkgs_251856_allgather_2_13.txt"))
+    (row,) = run.rows
+    assert row.out_of_place.algbw == 1816.16 and row.in_place.algbw == 619657.10
+    assert (row.redop, row.root, row.in_place.time_us) == ("none", -1, 0.05)
+    assert run.collective == "all_gather_perf" and run.params["step"] == "1048576(bytes)"
+
+
+@pytest.mark.parametrize(("token", "column"), [("5e-07", "error"), ("0e+00", "error"), ("0", "#wrong"),
+                                               ("12", "#wrong"), ("1.6e+07", "#wrong"), ("N/A", "#wrong")])
+def test_error_column_kind_without_a_header(token, column):
+    from builder.nccl.parse import _guess_error_column
+
+    assert _guess_error_column(token) == column

@@ -275,6 +275,15 @@ def _guess_prefix(tokens: list[str]) -> tuple[str, ...] | None:
     return None
 
 
+def _guess_error_column(token: str) -> str:
+    """Without a header: old builds print the max delta with %5.0le ('5e-07', '0e+00'), newer ones
+    the #wrong count with %5g ('0', '12', '1.6e+07' for millions)."""
+    m = re.fullmatch(r"\d(?:\.\d+)?e([-+]\d+)", token)
+    if m and (int(m.group(1)) < 0 or float(token) == 0):
+        return "error"
+    return "#wrong"
+
+
 def _number(token: str) -> float:
     value = float(token)
     if math.isnan(value):
@@ -299,9 +308,10 @@ def _row(table: _Table, content: str) -> Row | None:
         return None
     prefix, group = table.prefix, table.group
     if prefix is None or group is None:
-        prefix, group = _guess_prefix(tokens), _DEFAULT_GROUP
+        prefix = _guess_prefix(tokens)
         if prefix is None:
             return None
+        group = (*_DEFAULT_GROUP[:3], _guess_error_column(tokens[len(prefix) + 3]))
     width = len(group)
     start = len(prefix)
     if len(tokens) < start + 2 * width:
