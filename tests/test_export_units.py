@@ -270,7 +270,8 @@ def test_permission_denied_before_any_work(request):
     locked.mkdir(mode=0o755)
     request.addfinalizer(lambda: shutil.rmtree(open_dir))
     proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
-                           "builder", "export", "any/image:1", "--to", str(locked / "x.sqsh")],
+                           "builder", "--matrix", "/nonexistent/matrix.yaml", "export", "any/image:1",
+                           "--to", str(locked / "x.sqsh")],
                           capture_output=True, text=True, cwd="/")
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith("error: permission denied") and proc.stderr.count("\n") == 1, proc.stderr

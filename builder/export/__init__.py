@@ -106,7 +106,9 @@ def _docker_client():
     from docker.errors import DockerException
 
     try:
-        client = docker.from_env()
+        # A long read timeout: the engine may compute a big layer's tar (vfs, fuse-overlayfs)
+        # for minutes before it sends the first byte of it.
+        client = docker.from_env(timeout=3600)
         client.ping()
     except DockerException as exc:
         raise BuilderError(f"cannot reach the Docker engine ({exc.__class__.__name__}); start dockerd or set DOCKER_HOST") from None
@@ -139,6 +141,8 @@ def export_image(request: ExportRequest, *, progress: Callable[[str], None] = la
         raise UsageError("enroot import always makes every file root's; drop --keep-owners or use --method native")
     if request.method == "enroot" and not shutil.which("enroot"):
         raise UsageError("enroot is not installed here; use --method native (needs only Docker and mksquashfs)")
+    if request.keep_owners and os.geteuid() != 0:
+        raise UsageError("--keep-owners needs root (files are created with the image's owners); drop it or run as root")
     if request.fmt == "sqsh" and request.method == "native":
         squash.find_mksquashfs()
     atomic.check_writable_folder(dest)
@@ -240,7 +244,8 @@ def _sha256(path: Path) -> str:
 
 def _write_tar(client, image, ref: str, temp: Path, progress) -> str:
     """``docker save`` straight into the temporary file, hashing on the way (no second read)."""
-    named = ref if ref in image.tags else False
+    # The tar names the image as asked, so docker load restores that tag ("repo" means "repo:latest").
+    named = next((r for r in (ref, f"{ref}:latest") if r in image.tags), False)
     h = hashlib.sha256()
     written = 0
     next_report = 1 << 30
