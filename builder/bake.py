@@ -1,0 +1,147 @@
+"""ImageSpecs in, a `docker buildx bake` JSON definition out: one target per image.
+
+Bake builds the targets in parallel on one or many BuildKit builders and shares a registry
+cache, so a team hands it the whole matrix instead of running `builder build` image after image.
+The file builds exactly what `builder render` committed under images/ (the Dockerfile is the
+source of truth, reviewed in pull requests): a missing or stale Dockerfile is an error, never
+rendered silently on the side.
+
+Format: the JSON form of the Bake file reference (docs.docker.com/build/bake/reference/):
+``group`` and ``target`` properties; target attributes ``context``, ``dockerfile``, ``args``,
+``tags``, ``labels``, ``platforms``, ``cache-from``, ``cache-to``, ``description``, ``network``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from builder.errors import BuilderError, UsageError
+from builder.matrix import FLAVORS, ImageSpec
+from builder.render import Renderer, dockerfile_path
+
+# buildx accepts only these characters in target and group names (bake.go, targetNamePattern);
+# image names may hold dots, so a target name swaps them for underscores.
+TARGET_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+# A registry cache reference: [host[:port]/]path (no tag: one tag per target is added).
+CACHE_REF_RE = re.compile(
+    r"^(?:[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$"
+)
+REGISTRY_RE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?$")
+PLATFORM_RE = re.compile(r"^linux/(?:amd64|arm64)$")
+NETWORKS = ("default", "host", "none")
+ARG_RE = re.compile(r"^ARG ([A-Za-z_][A-Za-z0-9_]*)=(\S*)$", re.MULTILINE)
+# Build arguments that only steer apt's prompts: not worth overriding from bake.
+QUIET_ARGS = {"DEBIAN_FRONTEND"}
+DEFAULT_PLATFORMS = ("linux/amd64",)  # every base (NGC, CUDA, DLC) is an x86_64 GPU image
+
+
+@dataclass(frozen=True)
+class BakeOptions:
+    registry: str | None = None  # host[:port] prefixed to every tag (e.g. the ECR registry)
+    cache_ref: str | None = None  # registry cache repository; one tag per target
+    platforms: tuple[str, ...] = DEFAULT_PLATFORMS
+    network: str | None = None  # 'host' where builds have no bridge network (needs --allow=network.host)
+    context: str = "."  # the project root, as bake will see it from where it runs
+
+    def check(self) -> "BakeOptions":
+        if self.registry is not None and not REGISTRY_RE.match(self.registry):
+            raise UsageError(f"--registry {self.registry!r}: expected host[:port], e.g. 123456789012.dkr.ecr.us-west-2.amazonaws.com")
+        if self.cache_ref is not None and not CACHE_REF_RE.match(self.cache_ref):
+            raise UsageError(f"--cache-ref {self.cache_ref!r}: expected a repository without tag, "
+                             "e.g. 123456789012.dkr.ecr.us-west-2.amazonaws.com/pytorch-efa/cache")
+        for platform in self.platforms:
+            if not PLATFORM_RE.match(platform):
+                raise UsageError(f"--platform {platform!r}: expected linux/amd64 or linux/arm64")
+        if self.network is not None and self.network not in NETWORKS:
+            raise UsageError(f"--network {self.network!r}: one of {', '.join(NETWORKS)}")
+        return self
+
+
+def target_name(image_name: str) -> str:
+    name = image_name.replace(".", "_")
+    if not TARGET_NAME_RE.match(name):  # matrix names are stricter already; belt and braces
+        raise BuilderError(f"image '{image_name}' has no valid bake target name")
+    return name
+
+
+def build_args(dockerfile: str) -> dict[str, str]:
+    """The ARGs the Dockerfile declares with a default (the matrix's versions and checksums), so
+    `docker buildx bake --set 'TARGET.args.NCCL_VERSION=...'` overrides them by their real names."""
+    return {name: value for name, value in ARG_RE.findall(dockerfile) if name not in QUIET_ARGS}
+
+
+def _cache(ref_repo: str, target: str) -> tuple[list[str], list[str]]:
+    ref = f"{ref_repo}:{target}"
+    # image-manifest + OCI media types: the form ECR (and most registries) accept for a cache.
+    return ([f"type=registry,ref={ref}"],
+            [f"type=registry,ref={ref},mode=max,image-manifest=true,oci-mediatypes=true"])
+
+
+def bake_definition(root: Path, specs: Sequence[ImageSpec], options: BakeOptions,
+                    renderer: Renderer | None = None) -> dict:
+    """The bake JSON for ``specs``; raises BuilderError when images/ does not hold their
+    current Dockerfiles (run `builder render --all`)."""
+    options.check()
+    renderer = renderer or Renderer()
+    targets: dict[str, dict] = {}
+    owners: dict[str, str] = {}
+    stale: list[str] = []
+    groups: dict[str, list[str]] = {flavor: [] for flavor in FLAVORS}
+    for spec in specs:
+        name = target_name(spec.name)
+        if name in owners:
+            raise BuilderError(f"images '{owners[name]}' and '{spec.name}' map to the same bake target '{name}'; "
+                               "rename one in matrix.yaml")
+        owners[name] = spec.name
+        rendered = renderer.render(spec)
+        path = dockerfile_path(root, spec)
+        on_disk = path.read_text(encoding="utf-8") if path.is_file() else None
+        if on_disk != rendered.dockerfile:
+            stale.append(f"images/{spec.name}/Dockerfile ({'missing' if on_disk is None else 'stale'})")
+            continue
+        tags = [f"{options.registry}/{ref}" if options.registry else ref for ref in spec.refs]
+        target: dict = {
+            "description": f"{spec.name} ({spec.flavor})" + (f": {spec.description}" if spec.description else ""),
+            "context": options.context,
+            "dockerfile": f"images/{spec.name}/Dockerfile",
+            "args": build_args(rendered.dockerfile),
+            "tags": tags,
+            "labels": dict(rendered.labels),
+            "platforms": list(options.platforms),
+        }
+        if options.cache_ref:
+            target["cache-from"], target["cache-to"] = _cache(options.cache_ref, name)
+        else:
+            # No cache repository: reuse the layers of the image last pushed under the first tag
+            # and embed cache metadata in the image itself for the next build.
+            target["cache-from"], target["cache-to"] = [f"type=registry,ref={tags[0]}"], ["type=inline"]
+        if options.network:
+            target["network"] = options.network
+        targets[name] = target
+        groups[spec.flavor].append(name)
+    if stale:
+        raise BuilderError("images/ does not match the matrix; run 'builder render --all' first:\n"
+                           + "\n".join(f"  {line}" for line in stale))
+    group = {"default": {"description": "every image selected", "targets": list(targets)}}
+    for flavor, names in groups.items():
+        if names:
+            group[flavor] = {"description": f"the {flavor} images", "targets": names}
+    return {"group": group, "target": targets}
+
+
+def relative_context(root: Path, out: Path | None) -> str:
+    """The project root as seen from the folder holding the bake file (bake resolves relative
+    paths from where it runs; run it there)."""
+    if out is None:
+        return "."
+    rel = os.path.relpath(root.resolve(), out.resolve().parent)
+    return "." if rel == "." else rel
+
+
+def bake_targets(specs: Iterable[ImageSpec]) -> dict[str, str]:
+    """image name -> bake target name (for CI: `docker buildx bake <target>`)."""
+    return {spec.name: target_name(spec.name) for spec in specs}
