@@ -41,14 +41,14 @@ PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
 CONDA_RE = re.compile(r"^\d+\.\d+\.\d+-\d+$")
 OS_RE = re.compile(r"^ubuntu(?:18|20|22|24)\.04$")
 REGION_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d$")
-CHECKSUM_KEY_RE = re.compile(r"^\d+(?:\.\d+){0,3}(?:-\d+)?$")
+CHECKSUM_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a version, or the exact file name
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 ENV_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:/=^+@%-]*$")
 LABEL_KEY_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
-LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9 _.,:;/=+@()#-]*$")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9 _.,:/=+@()%-]*$")
 ARCH_RE = re.compile(r"^\d{2,3}a?$")
-TEXT_RE = re.compile(r"^[A-Za-z0-9 _.,:;/=+@()'#%!?<>-]*$")  # one line of prose (comments)
+TEXT_RE = re.compile(r"^[A-Za-z0-9 _.,:/=+@()%!?-]*$")  # one line of prose: comments and labels
 RELPATH_RE = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*/?$")
 PROGRAM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.(?:py|sh)$")
 URL_PATH_RE = re.compile(r"^[A-Za-z0-9._~/%+-]*$")
@@ -243,6 +243,7 @@ class Matrix:
         """One image with components set and stanzas switched, re-validated like the matrix."""
         self.get(name)
         draft = self._drafts[name]
+        draft = replace(draft, prov=dict(draft.prov))  # the stored draft stays as loaded
         origin = "command line"
         values = dict(draft.values)
         comps = LineDict(values.get("components") or {})
@@ -275,6 +276,7 @@ class Matrix:
 @dataclass
 class _Context:
     file: str
+    root: Path
     catalog: Catalog
     bases: dict
     sources: dict
@@ -320,6 +322,7 @@ def load_matrix(path: Path | str, catalog: Catalog | None = None) -> Matrix:
 
     ctx = _Context(
         file=file,
+        root=path.resolve().parent,
         catalog=catalog,
         bases={},
         sources=_mapping(data, "sources", err) or {},
@@ -402,6 +405,13 @@ def _check_sources(ctx: _Context, err) -> None:
             continue
         if not isinstance(url, str):
             err(line, None, f"sources.{key}", "must be a URL string")
+            continue
+        # Checked here too, not only where an image uses it: a bad mirror URL is a bug even unused.
+        sample, msg = _fill(url, {"version": "1.0.0", "series": "1.0", "version_underscored": "1_0_0",
+                                  "python_nodot": "311"})
+        msg = msg or _check_url(sample)
+        if msg:
+            err(line, None, f"sources.{key}", msg)
     for key, table in list(ctx.checksums.items()):
         line = ctx.checksums.line_of(key)
         if key not in SOURCE_FILES:
@@ -412,7 +422,7 @@ def _check_sources(ctx: _Context, err) -> None:
             continue
         for version, digest in table.items():
             if not isinstance(version, str) or not CHECKSUM_KEY_RE.match(version):
-                err(table.line_of(version), None, f"checksums.{key}", f"{version!r} is not a quoted version string")
+                err(table.line_of(version), None, f"checksums.{key}", f"{version!r}: key by version or by file name")
             if not isinstance(digest, str) or not SHA256_RE.match(digest):
                 err(table.line_of(version), None, f"checksums.{key}.{version}", "must be 64 lowercase hex digits (sha256)")
 
@@ -580,6 +590,9 @@ def _expand(ctx: _Context, index: int, entry: Any, err) -> list[_Draft]:
     for combo in combos:
         values = dict(merged)
         p = dict(prov)
+        if not isinstance(values.get("components") or {}, dict):
+            drafts.append(_Draft(name, entry.line, index, values, p))  # _build_spec reports it
+            continue
         comps = LineDict(values.get("components") or {})
         comps.line = getattr(values.get("components"), "line", entry.line)
         comps.key_lines = dict(getattr(values.get("components"), "key_lines", {}))
@@ -733,6 +746,9 @@ def _build_spec(ctx: _Context, draft: _Draft, problems: list[Problem]) -> ImageS
             err(f"stanzas.{key}", "must be true or false", line)
 
     code = _code_spec(values.get("code"), err)
+    if code is not None and not (ctx.root / code.dir / code.program).is_file():
+        err("code", f"{code.dir}/{code.program} does not exist next to the matrix ({ctx.root}); "
+            "code.dir is relative to the folder holding matrix.yaml")
     pip = _pip(values.get("pip"), err)
     present = set(comps) | ({"code"} if code else set()) | ({"pip"} if pip else set())
     enabled = []
@@ -899,7 +915,9 @@ def _resolve_sources(ctx, comps, versions, err) -> tuple[dict, dict, dict]:
             continue
         sources[key] = url
         forms[key], _ = _fill(template, {**values, "version": VERSION_SENTINEL})
-        digest = (ctx.checksums.get(key) or {}).get(version)
+        # By file name first: one version can have several files (Miniconda per Python).
+        table = ctx.checksums.get(key) or {}
+        digest = table.get(expected) or table.get(version)
         if digest:
             checksums[key] = digest
     return sources, forms, checksums
