@@ -127,6 +127,19 @@ def nccl_env(versions: Versions, debug: str = "INFO") -> list[EnvVar]:
     return env
 
 
+def env_notes(versions: Versions) -> list[str]:
+    """What the user should know about the chosen environment (printed as warnings)."""
+    notes = []
+    if not versions.bundled and versions.aws_ofi_nccl is None:
+        notes.append(
+            f"the aws-ofi-nccl version in this image is unknown (EFA {versions.efa} does not bundle it; the base "
+            "image installs it): NCCL_TUNER_PLUGIN is left out; pass --aws-ofi-nccl VERSION to choose it"
+        )
+    if versions.nccl is None:
+        notes.append("the NCCL version in this image is unknown: assuming one that loads the tuner (>= 2.19)")
+    return notes
+
+
 def _nccl_version(nccl: str | None) -> Version | None:
     return Version(comp.nccl_base(nccl)) if nccl else None
 

@@ -210,9 +210,10 @@ def test_cli_writes_script_for_an_image_reference(tmp_path, monkeypatch):
 
 
 def test_cli_prints_to_stdout_and_json(tmp_path, monkeypatch):
-    res = run_cli(["repo/pt:1", "-N", "2", "--sqsh", "./pt.sqsh", "--efa", "1.47.0", "-o", "-"], tmp_path, monkeypatch)
+    res = run_cli(["repo/pt:1", "-N", "2", "--sqsh", "./pt.sqsh", "--efa", "1.47.0", "--nccl", "2.29.3", "-o", "-"], tmp_path, monkeypatch)
     assert res.exit_code == 0 and res.output.startswith("#!/bin/bash\n")
-    res = run_cli(["repo/pt:1", "-N", "2", "--sqsh", "./pt.sqsh", "--efa", "1.47.0", "--json", "-o", "job.sbatch"],
+    res = run_cli(["repo/pt:1", "-N", "2", "--sqsh", "./pt.sqsh", "--efa", "1.47.0", "--nccl", "2.29.3", "--json",
+                   "-o", "job.sbatch"],
                   tmp_path, monkeypatch)
     import json
 
@@ -246,21 +247,30 @@ def test_cli_submit_without_sbatch_exits_3(tmp_path, monkeypatch):
 
 
 def test_cli_uses_the_matrix_versions(tmp_path, monkeypatch):
-    matrix_path = ROOT / "matrix.yaml"
-    if not matrix_path.is_file():
-        pytest.skip("matrix.yaml not written yet")
     from builder.matrix import load_matrix
 
-    spec = next((s for s in load_matrix(matrix_path).images if s.versions.get("efa")), None)
-    assert spec is not None, "the matrix should hold at least one image with EFA"
+    matrix_path = ROOT / "matrix.yaml"
+    specs = [s for s in load_matrix(matrix_path).images if s.versions.get("efa")]
+    assert specs, "the matrix should hold images with EFA"
+    for spec in specs:  # every EFA image of the matrix gets a valid script
+        text = slurm.render_sbatch(job(image=spec.name), slurm.Versions.from_mapping(spec.versions))
+        assert f"efa {spec.versions['efa']}" in text
+    spec = specs[0]
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(cli, ["--matrix", str(matrix_path), "sbatch", spec.name, "-N", "2",
                                    "--sqsh", f"/fsx/{spec.name}.sqsh", "-o", "-"])
     assert res.exit_code == 0, res.output
-    expected = slurm.nccl_env(slurm.Versions.from_mapping(spec.versions))
-    for var in expected:
+    for var in slurm.nccl_env(slurm.Versions.from_mapping(spec.versions)):
         assert f"export {var.name}=" in res.output
-    assert f"efa {spec.versions['efa']}" in res.output
     res = CliRunner().invoke(cli, ["--matrix", str(matrix_path), "sbatch", spec.name[:-1] + "x", "-N", "2",
                                    "--sqsh", "/fsx/x.sqsh"])
-    assert res.exit_code == 2
+    assert res.exit_code == 2 and "did you mean" in res.output
+
+
+def test_notes_when_a_version_is_unknown():
+    # DLC 2.4.0: EFA 1.34.0 with an aws-ofi-nccl the base image builds itself (not in the matrix).
+    notes = slurm.env_notes(slurm.Versions("1.34.0", None, "2.22.3"))
+    assert len(notes) == 1 and "--aws-ofi-nccl" in notes[0]
+    assert "NCCL_TUNER_PLUGIN" not in env_of("1.34.0", None, "2.22.3")
+    assert slurm.env_notes(slurm.Versions("1.47.0", None, "2.29.3")) == []
+    assert "NCCL version" in slurm.env_notes(slurm.Versions("1.47.0"))[0]

@@ -117,6 +117,7 @@ def register(cli: click.Group) -> None:
         )
         job.validate()
         env_vars, warnings = slurm.merge_env(slurm.nccl_env(versions), job.extra_env)
+        warnings = slurm.env_notes(versions) + warnings
         if from_matrix and not versions.nccl_tests and tests_dir == slurm.DEFAULT_TESTS_DIR and not no_container:
             warnings.append(f"image {label} does not list nccl_tests in its components; "
                             f"the job expects the binaries in {tests_dir} (see --tests-dir)")
