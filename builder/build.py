@@ -1,0 +1,299 @@
+"""Build images of the matrix with BuildKit: plan, run (N at a time), tag, measure, report.
+
+The Dockerfile built is the committed ``images/<name>/Dockerfile``, and only when it equals a
+fresh render (what reviewers saw is what gets built). The build itself runs untagged with
+``--iidfile``; the matrix's tags are applied only after it succeeded, so Ctrl-C or a failure
+never leaves a tag on a half-built image. Each build's full log goes to ``<log-dir>/<name>.log``;
+a failure names the stanza whose step failed and shows the end of that step's output.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from builder import build_report as rep
+from builder.build_log import Progress, step_stanzas
+from builder.buildkit import Client, build_command, engine_answers
+from builder.errors import BuilderError, UsageError
+from builder.matrix import ImageSpec
+from builder.render import Renderer, dockerfile_path
+
+ARG_RE = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)", re.M)
+BUILD_ARG_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+# BuildKit's own knobs may be passed although no Dockerfile declares them.
+BUILTIN_ARGS = {"BUILDKIT_INLINE_CACHE", "BUILDKIT_MULTI_PLATFORM", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+                "FTP_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "ftp_proxy", "all_proxy"}
+EXIT_SIZE_GATE = 3  # every image built, but one is over its size baseline
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    network: str | None = None
+    cache_from: tuple[str, ...] = ()
+    cache_to: str | None = None
+    no_cache: bool = False
+    build_args: tuple[tuple[str, str], ...] = ()
+    jobs: int = 1
+    size_gate: bool = True
+    tail_lines: int = 30
+
+
+@dataclass
+class Plan:
+    spec: ImageSpec
+    dockerfile: Path
+    text: str
+    steps: list[str]
+    argv: list[str] = field(default_factory=list)
+    iidfile: Path | None = None
+
+
+def parse_build_args(values: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for value in values:
+        m = BUILD_ARG_RE.match(value)
+        if not m:
+            raise UsageError(f"--build-arg {value!r}: expected NAME=VALUE")
+        out.append((m.group(1), m.group(2)))
+    return tuple(out)
+
+
+def plan(root: Path, specs: list[ImageSpec], client: Client, options: BuildOptions, work: Path) -> list[Plan]:
+    """Check every Dockerfile is present and current and every --build-arg is declared; all
+    problems at once, before anything is built."""
+    renderer = Renderer()
+    problems, plans = [], []
+    for spec in specs:
+        path = dockerfile_path(root, spec)
+        text = renderer.render(spec).dockerfile
+        if not path.is_file():
+            problems.append(f"{path.relative_to(root)} is missing: run 'builder render {spec.name}'")
+            continue
+        if path.read_text(encoding="utf-8") != text:
+            problems.append(f"{path.relative_to(root)} is stale (differs from a fresh render): "
+                            f"run 'builder render {spec.name}' and review the diff")
+            continue
+        declared = set(ARG_RE.findall(text))
+        for key, _ in options.build_args:
+            if key not in declared and key not in BUILTIN_ARGS:
+                problems.append(f"{spec.name}: --build-arg {key} is not an ARG of its Dockerfile "
+                                f"(declared: {', '.join(sorted(declared)) or 'none'})")
+        p = Plan(spec, path, text, step_stanzas(text))
+        p.iidfile = work / f"{spec.name}.iid"
+        p.argv = build_command(client, dockerfile=path, context=root, iidfile=p.iidfile, network=options.network,
+                               cache_from=options.cache_from, cache_to=options.cache_to,
+                               no_cache=options.no_cache, build_args=options.build_args)
+        plans.append(p)
+    if problems:
+        raise UsageError("\n".join(problems))
+    return plans
+
+
+def dry_run_lines(plans: list[Plan], client: Client) -> list[str]:
+    env = " ".join(f"{k}={v}" for k, v in client.env)
+    lines = []
+    for p in plans:
+        lines.append(f"# {p.spec.name}: stanzas {', '.join(dict.fromkeys(p.steps))}")
+        lines.append((env + " " if env else "") + shlex.join(p.argv))
+        for ref in p.spec.refs:
+            lines.append(shlex.join([client.docker, "tag", f"$(cat {p.iidfile})", ref]).replace("'$(cat", "\"$(cat").replace(")'", ")\""))
+    return lines
+
+
+class Reporter:
+    """Progress on stderr: one line per image, redrawn in place on a terminal, else one line
+    per change (CI logs)."""
+
+    def __init__(self, names: list[str], stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.names = names
+        self.width = max(len(n) for n in names) if names else 0
+        self.lines = {n: "waiting" for n in names}
+        self.lock = threading.Lock()
+        self.drawn = 0
+
+    def update(self, name: str, text: str) -> None:
+        with self.lock:
+            self.lines[name] = text
+            if self.tty:
+                if self.drawn:
+                    self.stream.write(f"\x1b[{self.drawn}F")
+                for n in self.names:
+                    self.stream.write(f"\x1b[2K[{n:<{self.width}}] {self.lines[n]}\n")
+                self.drawn = len(self.names)
+            else:
+                self.stream.write(f"[{name}] {text}\n")
+            self.stream.flush()
+
+
+class Builder:
+    def __init__(self, client: Client, options: BuildOptions, log_dir: Path, reporter: Reporter):
+        self.client, self.options, self.log_dir, self.reporter = client, options, log_dir, reporter
+        self.stop = threading.Event()
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    def run(self, plans: list[Plan]) -> list[rep.ImageResult]:
+        """Build all plans, options.jobs at a time. A failure does not stop the others; Ctrl-C
+        stops every running build and reports the unfinished ones as interrupted."""
+        problem = engine_answers(self.client)
+        if problem:
+            raise BuilderError(f"the Docker engine does not answer through {self.client.docker}: {problem}; "
+                               "start dockerd (scripts/setup-host.sh does) or set DOCKER_HOST")
+        results = {p.spec.name: rep.ImageResult(p.spec.name, list(p.spec.refs)) for p in plans}
+        pool = ThreadPoolExecutor(max_workers=max(1, self.options.jobs))
+        futures = {pool.submit(self._build_one, p, results[p.spec.name]): p for p in plans}
+        try:
+            pending = set(futures)
+            while pending:
+                _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+        except KeyboardInterrupt:
+            self.interrupt()
+            pool.shutdown(wait=True, cancel_futures=True)
+            for result in results.values():
+                if result.status in ("pending", "running"):
+                    result.status = "interrupted"
+            raise _Interrupted(list(results.values()))
+        pool.shutdown(wait=True)
+        for future in futures:  # surface bugs in the worker instead of hiding them
+            future.result()
+        return list(results.values())
+
+    def interrupt(self) -> None:
+        self.stop.set()
+        with self._lock:
+            procs = list(self._procs.values())
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(2)  # SIGINT: the client cancels the BuildKit solve
+        deadline = time.monotonic() + 15
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def _build_one(self, p: Plan, result: rep.ImageResult) -> None:
+        name = p.spec.name
+        if self.stop.is_set():
+            result.status = "interrupted"
+            return
+        result.status = "running"
+        log_path = self.log_dir / f"{name}.log"
+        result.log = str(log_path)
+        progress = Progress(p.steps, tail_lines=self.options.tail_lines)
+        self.reporter.update(name, "starting")
+        start = time.monotonic()
+        p.iidfile.unlink(missing_ok=True)
+        with open(log_path, "w", encoding="utf-8") as log:
+            log.write("$ " + shlex.join(p.argv) + "\n")
+            log.flush()
+            proc = subprocess.Popen(p.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    errors="replace", env=self.client.environ(), start_new_session=True)
+            with self._lock:
+                self._procs[name] = proc
+            for line in proc.stdout:
+                log.write(line)
+                changed = progress.feed(line)
+                if changed:
+                    index = p.steps.index(changed) + 1
+                    self.reporter.update(name, f"stanza {changed} (step {index}/{len(p.steps)}, "
+                                               f"{time.monotonic() - start:.0f}s)")
+            code = proc.wait()
+            with self._lock:
+                self._procs.pop(name, None)
+        result.duration_s = round(time.monotonic() - start, 1)
+        if self.stop.is_set():
+            result.status = "interrupted"
+            self.reporter.update(name, "interrupted (nothing tagged)")
+            return
+        if code != 0 or not p.iidfile.is_file():
+            result.status = "failed"
+            result.failed_stanza = progress.failed_stanza
+            result.failed_step = progress.failed_step
+            result.error = progress.error or f"build exited {code}"
+            result.log_tail = progress.failure_tail()
+            where = f"stanza {progress.failed_stanza}" if progress.failed_stanza else "before any stanza ran"
+            self.reporter.update(name, f"FAILED in {where} after {result.duration_s:.0f}s (log: {log_path})")
+            return
+        result.image_id = p.iidfile.read_text().strip()
+        for ref in p.spec.refs:
+            subprocess.run([self.client.docker, "tag", result.image_id, ref], check=True, capture_output=True)
+        self._measure(p, result)
+        gate = result.size_gate
+        if gate is not None and not gate["ok"] and self.options.size_gate:
+            result.status = "size-gate"
+            self.reporter.update(name, f"built {result.image_id[7:19]}, {rep.human(result.size)}: OVER SIZE GATE "
+                                       f"(limit {rep.human(gate['limit'])})")
+            return
+        result.status = "built"
+        self.reporter.update(name, f"built {result.image_id[7:19]}, {rep.human(result.size)} "
+                                   f"in {result.duration_s:.0f}s")
+
+    def _measure(self, p: Plan, result: rep.ImageResult) -> None:
+        result.size = rep.image_size(self.client.docker, result.image_id)
+        result.layers = rep.layer_sizes(p.text, rep.history(self.client.docker, result.image_id))
+        result.stanza_sizes = rep.per_stanza(result.layers)
+        result.size_gate = rep.size_gate(result.size, p.spec.size_baseline, p.spec.size_tolerance)
+
+
+class _Interrupted(Exception):
+    def __init__(self, results):
+        super().__init__("interrupted")
+        self.results = results
+
+
+Interrupted = _Interrupted
+
+
+def failure_text(result: rep.ImageResult) -> str:
+    where = (f"stanza '{result.failed_stanza}' failed" if result.failed_stanza
+             else "the build failed before any stanza ran")
+    lines = [f"{result.name}: {where}" + (f" at {result.failed_step}" if result.failed_step else "")
+             + (f": {result.error}" if result.error else "")]
+    lines += [f"  | {line}" for line in result.log_tail]
+    if result.log:
+        lines.append(f"  full log: {result.log}")
+    return "\n".join(lines)
+
+
+def exit_code(results: list[rep.ImageResult]) -> int:
+    if any(r.status in ("failed",) for r in results):
+        return 1
+    if any(r.status == "interrupted" for r in results):
+        return EXIT_INTERRUPTED
+    if any(r.status == "size-gate" for r in results):
+        return EXIT_SIZE_GATE
+    return 0
+
+
+def default_log_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="builder-build-logs-"))
+
+
+def build(
+    root: Path,
+    specs: list[ImageSpec],
+    client: Client,
+    options: BuildOptions,
+    log_dir: Path | None = None,
+    reporter_factory: Callable[[list[str]], Reporter] = Reporter,
+) -> list[rep.ImageResult]:
+    """Python entry point: build and tag the images; returns one result per image."""
+    log_dir = Path(log_dir) if log_dir else default_log_dir()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    plans = plan(root, specs, client, options, log_dir)
+    builder = Builder(client, options, log_dir, reporter_factory([p.spec.name for p in plans]))
+    return builder.run(plans)

@@ -1,0 +1,120 @@
+"""What a build produced: image id and size, per-stanza layer sizes, the size gate, the JSON report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from builder.build_log import history_stanzas
+
+
+@dataclass
+class ImageResult:
+    name: str
+    refs: list[str]
+    status: str = "pending"  # built | failed | interrupted | size-gate | skipped
+    image_id: str | None = None
+    size: int | None = None
+    duration_s: float | None = None
+    log: str | None = None
+    failed_stanza: str | None = None
+    failed_step: str | None = None
+    error: str | None = None
+    log_tail: list[str] = field(default_factory=list)
+    stanza_sizes: dict[str, int] = field(default_factory=dict)
+    layers: list[dict] = field(default_factory=list)
+    size_gate: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "built"
+
+
+def human(size: int | None) -> str:
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"
+
+
+def image_size(docker: str, image: str) -> int:
+    out = subprocess.run([docker, "image", "inspect", "--format", "{{.Size}}", image],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip())
+
+
+def history(docker: str, image: str) -> list[tuple[str, int]]:
+    """(created_by, size in bytes), oldest first."""
+    out = subprocess.run(
+        [docker, "history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}", image],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = []
+    for line in out.splitlines():
+        size, _, created = line.partition("\t")
+        rows.append((created, int(size) if size.strip().isdigit() else 0))
+    return list(reversed(rows))
+
+
+def layer_sizes(dockerfile: str, rows: list[tuple[str, int]]) -> list[dict]:
+    """Pair the newest history entries with the Dockerfile's instructions after FROM.
+
+    BuildKit writes one history entry per instruction (ARG included); an entry whose
+    CreatedBy does not start with its instruction's keyword means the pairing is off (another
+    builder, a squash), and those entries are reported under 'unknown' rather than guessed."""
+    instrs = history_stanzas(dockerfile)
+    if len(rows) < len(instrs):
+        return [{"stanza": "unknown", "instruction": created[:80], "size": size} for created, size in rows]
+    mine = rows[len(rows) - len(instrs):]
+    out = []
+    for instr, (created, size) in zip(instrs, mine):
+        keyword = created.split(" ", 1)[0].upper()
+        stanza = instr.stanza if keyword == instr.keyword else "unknown"
+        out.append({"stanza": stanza, "instruction": instr.text[:80], "size": size})
+    return out
+
+
+def per_stanza(layers: list[dict]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for layer in layers:
+        sizes[layer["stanza"]] = sizes.get(layer["stanza"], 0) + int(layer["size"])
+    return sizes
+
+
+def size_gate(size: int, baseline: int | None, tolerance: float) -> dict | None:
+    """None when the image has no baseline; else the verdict with the numbers behind it."""
+    if baseline is None:
+        return None
+    limit = int(baseline * (1 + tolerance))
+    over = (size - baseline) / baseline if baseline else 0.0
+    return {"baseline": baseline, "tolerance": tolerance, "limit": limit, "size": size,
+            "over_fraction": round(over, 4), "ok": size <= limit}
+
+
+def size_gate_message(name: str, gate: dict) -> str:
+    return (f"{name}: image is {human(gate['size'])}, {gate['over_fraction'] * 100:.0f}% over its baseline "
+            f"{human(gate['baseline'])} (tolerance {gate['tolerance'] * 100:.0f}%, limit {human(gate['limit'])}); "
+            "shrink it or raise size_baseline in the matrix")
+
+
+def write_report(path: Path, results: list[ImageResult], client: str, dry_run: bool = False) -> None:
+    doc = {
+        "client": client,
+        "dry_run": dry_run,
+        "ok": all(r.ok for r in results),
+        "images": [asdict(r) for r in results],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(doc, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
