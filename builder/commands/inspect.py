@@ -153,6 +153,29 @@ def _short(value: str) -> str:
     return value.rsplit("/", 1)[1] if value.startswith("http") else value
 
 
+@click.command("stanzas")
+@click.option("--flavor", type=click.Choice(["dlc", "source", "nvidia"]), help="Only this flavor's stanzas, in build order.")
+@click.pass_obj
+def stanzas_cmd(state, flavor):
+    """List the stanza catalogue: what each does, what it needs, which checks prove it."""
+    from builder.stanzas import load_catalog
+
+    catalog = load_catalog()
+    names = catalog.flavors[flavor].stanzas if flavor else sorted(catalog.stanzas)
+    for name in names:
+        meta = catalog.stanzas[name]
+        flavors = [f for f, fl in sorted(catalog.flavors.items()) if name in fl.stanzas]
+        extra = []
+        if meta.needs:
+            extra.append("needs " + ", ".join(meta.needs))
+        if meta.optional:
+            extra.append("optional")
+        extra.append(f"{len(meta.checks)} checks")
+        extra.append("flavors " + ",".join(flavors))
+        click.echo(f"{name:<20}{meta.summary}")
+        click.echo(f"{'':<20}({'; '.join(extra)})")
+
+
 def register(cli: click.Group) -> None:
-    for command in (list_cmd, validate_cmd, explain_cmd, diff_cmd):
+    for command in (list_cmd, validate_cmd, explain_cmd, diff_cmd, stanzas_cmd):
         cli.add_command(command)
