@@ -479,7 +479,7 @@ def _load_bases(data: LineDict, err) -> dict[str, BaseImage | None]:
                 ok = False
             else:
                 for k, v in (("pytorch", dlc.pytorch), ("python", dlc.python), ("os", dlc.os)):
-                    if k in ships and ships[k] != v:
+                    if k in ships and (ships[k] != v if k == "os" else Version(ships[k]) != Version(v)):
                         err(raw_ships.line_of(k), None, f"{where}.ships.{k}", f"{ships[k]} contradicts the DLC tag ({v})")
                         ok = False
                     ships.setdefault(k, v)

@@ -174,7 +174,10 @@ class Pusher:
 
         last_error = ""
         last_kind = FATAL
-        for attempt in range(1, self.attempts + 1):
+        refused = 0  # auth refusals: a fresh token fixes an expired one; a second refusal will not pass
+        attempt = 0
+        while attempt < self.attempts:
+            attempt += 1
             auth = self.ecr.authorization()  # a fresh token each attempt: an expired one is a transient failure
             try:
                 progress = LayerProgress(self.report) if self.show_progress else None
@@ -194,6 +197,9 @@ class Pusher:
                 if exc.kind == FATAL:
                     raise BuilderError(f"push of {ref} failed: {exc.message}") from None
                 last_error, last_kind = exc.message, exc.kind
+                refused += exc.kind == AUTH
+                if refused >= 2:
+                    break
             except RegistryUnreachable as exc:
                 last_error, last_kind = str(exc), "transient"
             except BuilderError:
@@ -212,7 +218,7 @@ class Pusher:
         hint = ""
         if last_kind == AUTH:
             hint = "; the registry refused the ECR token: check that --registry belongs to the account and region of your AWS credentials"
-        raise BuilderError(f"push of {ref} failed after {self.attempts} attempts: {last_error}{hint}")
+        raise BuilderError(f"push of {ref} failed after {attempt} attempts: {last_error}{hint}")
 
     def _verify(self, registry: str, repository: str, tag: str, digest: str, auth) -> None:
         """The digest from the push stream must be what the registry serves and what ECR records."""

@@ -18,7 +18,7 @@ DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _STATUS_DIGEST_RE = re.compile(r"^(?P<tag>\S+): digest: (?P<digest>sha256:[0-9a-f]{64}) size: (?P<size>[0-9]+)$")
 
 # What kind of failure a stream error is: decides between retrying and one clear error.
-AUTH = "auth"  # the registry refused the credentials: retry once more with a fresh token
+AUTH = "auth"  # the registry refused the credentials: one more try with a fresh token
 TRANSIENT = "transient"  # network or server trouble: retry with backoff
 TAG_CONFLICT = "tag-conflict"  # immutable tag already holds an image: compare digests, never retry
 FATAL = "fatal"  # anything else: report it

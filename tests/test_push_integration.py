@@ -249,11 +249,13 @@ def test_refused_token_is_retried_then_one_clear_error(tmp_path, moto, engine, i
     registry, front = _stack(tmp_path, moto, engine, password="not-what-ecr-issues")
     try:
         repo = _repo()
-        result = _run(moto, front, _local(engine, images["a"], repo, "v1"), "--attempts", "2", "--retry-delay", "0.1")
+        result = _run(moto, front, _local(engine, images["a"], repo, "v1"), "--attempts", "4", "--retry-delay", "0.1")
         assert result.returncode == 1
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "refused the ECR token" in errors[0]
-        assert "attempt 2 of 2" in result.stderr  # retried with a fresh token
+        # retried once with a fresh token; a second refusal ends it (more tries cannot help)
+        assert "attempt 2 of 4" in result.stderr and "attempt 3 of 4" not in result.stderr
+        assert "failed after 2 attempts" in errors[0]
         assert MOTO_PASSWORD not in result.stdout + result.stderr
         assert result.stdout == ""
         assert _recorded_digest(moto, repo, "v1") is None

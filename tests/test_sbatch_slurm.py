@@ -7,7 +7,8 @@ What cannot run here: pyxis/enroot (not packaged) and nccl-tests (no GPU). So th
 only validated (slurmctld reads the #SBATCH lines; the srun flags are checked by the unit tests),
 and the run uses the --no-container variant with --tests-dir pointing at a stand-in all_reduce_perf:
 a shell script that records its argv and environment per rank, and on rank 0 prints a real
-recorded nccl-tests output (tests/fixtures/nccl/awsome_p5_2node_srun.txt, 2 x p5.48xlarge) verbatim.
+recorded nccl-tests output verbatim (tests/fixtures/nccl/, attributed there): one from Slurm on
+2 x p5.48xlarge, and one with the NCCL INFO lines of an EFA run on 2 x p4d.24xlarge.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from slurm_support import slurm_cluster  # noqa: F401  (session fixture)
 pytestmark = pytest.mark.integration
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nccl"
-RECORDED = FIXTURES / "awsome_p5_2node_srun.txt"
 VERSIONS = ["--efa", "1.47.0", "--nccl", "2.29.3"]  # the awsome nccl-tests image, 2026-02
 TASKS = 2  # the test node has 2 CPUs
 
 
-def recorded_output() -> str:
-    """The fixture without its '%%' attribution header (the source's lines, verbatim)."""
-    return "".join(line for line in RECORDED.read_text().splitlines(keepends=True) if not line.startswith("%%"))
+def recorded_output(name: str) -> str:
+    """A fixture without its '%%' attribution header (the source's lines, verbatim)."""
+    text = (FIXTURES / name).read_text()
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("%%"))
 
 
 def sbatch(tmp_path, monkeypatch, *args: str):
@@ -61,13 +62,14 @@ def test_slurmctld_rejection_is_reported(slurm_cluster, tmp_path, monkeypatch):
     assert "slurmctld rejected" in res.output
 
 
-def test_no_container_variant_runs_to_completion_and_parses(slurm_cluster, tmp_path, monkeypatch):
+@pytest.mark.parametrize("recorded", ["awsome_p5_2node_srun.txt", "efa_eks_p4d_2node_mpirun_old.txt"])
+def test_no_container_variant_runs_to_completion_and_parses(recorded, slurm_cluster, tmp_path, monkeypatch):
     from builder.nccl.parse import parse_text
 
     bindir, record = tmp_path / "bin", tmp_path / "record"
     bindir.mkdir()
     record.mkdir()
-    (tmp_path / "recorded.txt").write_text(recorded_output())
+    (tmp_path / "recorded.txt").write_text(recorded_output(recorded))
     stand_in = bindir / "all_reduce_perf"
     stand_in.write_text(
         "#!/bin/bash\n"
@@ -99,18 +101,23 @@ def test_no_container_variant_runs_to_completion_and_parses(slurm_cluster, tmp_p
         assert args == ["-b", "8", "-e", "16G", "-f", "2", "-g", "1", "-c", "1", "-w", "5", "-n", "100"]
     assert expected_env["NCCL_TUNER_PLUGIN"] == "/opt/amazon/ofi-nccl/lib/libnccl-ofi-tuner.so"
 
-    # The job's output file reads like the recorded run it replayed.
-    job_run, recorded_run = parse_text(output.read_text()), parse_text(recorded_output())
-    assert len(job_run.rows) == 32
-    assert job_run.rows == recorded_run.rows
-    assert (job_run.peak.busbw, job_run.peak.size) == (487.26, 17179869184)
-    assert job_run.wrong_total == 0
+    # The job's output file reads like the recorded run it replayed: rows, average, transport.
+    job_run, recorded_run = parse_text(output.read_text()), parse_text(recorded_output(recorded))
+    assert job_run.rows and job_run.rows == recorded_run.rows
+    assert job_run.avg_busbw_printed == recorded_run.avg_busbw_printed
+    assert job_run.transport == recorded_run.transport
+    if recorded.startswith("awsome_p5"):
+        assert len(job_run.rows) == 32
+        assert (job_run.peak.busbw, job_run.peak.size) == (487.26, 17179869184)
+    else:  # the EFA verdict survives the trip through the job's output file
+        assert job_run.transport.verdict == "efa" and not job_run.transport.socket_fallback
 
-    # And through the CLI, when the nccl verb group is there.
-    if "nccl" in cli.commands and "parse" in getattr(cli.commands["nccl"], "commands", {}):
-        parsed = CliRunner().invoke(cli, ["nccl", "parse", "--json", str(output)])
-        assert parsed.exit_code == 0, parsed.output
-        assert '"busbw": 487.26' in parsed.output
+    # And through the CLI that users run on the job's output.
+    parsed = CliRunner().invoke(cli, ["nccl", "parse", "--json", str(output)])
+    assert parsed.exit_code == 0, parsed.output
+    report = json.loads(parsed.output)[0]
+    assert report["peak"]["busbw"] == recorded_run.peak.busbw
+    assert report["transport"]["verdict"] == recorded_run.transport.verdict
 
 
 def test_wait_reports_a_failed_job(slurm_cluster, tmp_path, monkeypatch):
