@@ -274,3 +274,18 @@ def test_notes_when_a_version_is_unknown():
     assert "NCCL_TUNER_PLUGIN" not in env_of("1.34.0", None, "2.22.3")
     assert slurm.env_notes(slurm.Versions("1.47.0", None, "2.29.3")) == []
     assert "NCCL version" in slurm.env_notes(slurm.Versions("1.47.0"))[0]
+
+
+def test_cli_instance_sets_ranks_per_node_and_pcie_preset(tmp_path, monkeypatch):
+    res = run_cli(["repo/pt:1", "-N", "2", "--sqsh", "/x.sqsh", "--efa", "1.47.0", "--nccl", "2.29.3",
+                   "--instance", "g5.48xlarge", "-o", "-"], tmp_path, monkeypatch)
+    assert res.exit_code == 0, res.output
+    assert "#SBATCH --ntasks-per-node=8" in res.output
+    assert "export NCCL_SHM_USE_CUDA_MEMCPY=1" in res.output  # efa-cheatsheet preset for g5/g6
+    assert "builder nccl judge <that file> --nodes 2 --instance g5.48xlarge" in res.output
+    res = run_cli(["repo/pt:1", "-N", "2", "--sqsh", "/x.sqsh", "--efa", "1.47.0", "--nccl", "2.29.3",
+                   "--instance", "p5.48xlarge", "--ntasks-per-node", "4", "-o", "-"], tmp_path, monkeypatch)
+    assert "#SBATCH --ntasks-per-node=4" in res.output and "NCCL_SHM_USE_CUDA_MEMCPY" not in res.output
+    res = run_cli(["repo/pt:1", "-N", "2", "--sqsh", "/x.sqsh", "--efa", "1.47.0", "--instance", "p9.huge"],
+                  tmp_path, monkeypatch)
+    assert res.exit_code == 2 and "unknown instance type" in res.output

@@ -65,8 +65,10 @@ def register(cli: click.Group) -> None:
                   help="Run the binaries on the nodes themselves, without pyxis (bare-metal nccl-tests).")
     @click.option("--test", "test", type=click.Choice(slurm.TESTS), default="all_reduce", show_default=True,
                   help="nccl-tests binary (<test>_perf).")
-    @click.option("--ntasks-per-node", type=int, default=8, show_default=True,
-                  help="Ranks per node: one per GPU.")
+    @click.option("--instance", "instance_type", metavar="TYPE",
+                  help="Instance type (e.g. p5.48xlarge): GPUs per node, per-instance variables, the judge hint.")
+    @click.option("--ntasks-per-node", type=int,
+                  help="Ranks per node, one per GPU (default: the instance's GPU count, else 8).")
     @click.option("--gpus-per-node", type=int, help="Also request GPUs as GRES (clusters that configure gres/gpu).")
     @click.option("--tests-dir", default=slurm.DEFAULT_TESTS_DIR, show_default=True,
                   help="Folder holding the nccl-tests binaries (in the image, or on the nodes with --no-container).")
@@ -95,8 +97,8 @@ def register(cli: click.Group) -> None:
     @click.option("--test-only", is_flag=True, help="Ask slurmctld whether it would accept the job (sbatch --test-only).")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
     @click.pass_obj
-    def sbatch_cmd(state, image, nodes, sqsh, no_container, test, ntasks_per_node, gpus_per_node, tests_dir,
-                   min_bytes, max_bytes, factor, iters, warmup, check, efa, ofi, nccl, env, mounts, job_name,
+    def sbatch_cmd(state, image, nodes, sqsh, no_container, test, instance_type, ntasks_per_node, gpus_per_node,
+                   tests_dir, min_bytes, max_bytes, factor, iters, warmup, check, efa, ofi, nccl, env, mounts, job_name,
                    partition, time_limit, job_output, exclusive, out, submit, wait, test_only, as_json):
         """Write an sbatch script running nccl-tests across nodes through pyxis (srun --container-image
         ... --mpi=pmix), with the EFA/NCCL environment chosen from the image's component versions."""
@@ -108,15 +110,24 @@ def register(cli: click.Group) -> None:
             raise UsageError("--test-only only validates; drop --submit/--wait")
         label, comps, from_matrix = _resolve(state, image, efa, ofi, nccl)
         versions = slurm.Versions.from_mapping(comps)
+        instance = None
+        if instance_type is not None:
+            from builder.nccl.instances import get_instance
+
+            instance = get_instance(instance_type)  # UsageError naming the known types
+        if ntasks_per_node is None:
+            ntasks_per_node = instance.gpus if instance else 8
         job = slurm.Job(
             image=label, nodes=nodes, sqsh=None if no_container else sqsh, test=test,
             ntasks_per_node=ntasks_per_node, gpus_per_node=gpus_per_node, tests_dir=tests_dir,
             min_bytes=min_bytes, max_bytes=max_bytes, factor=factor, iters=iters, warmup=warmup, check=check,
-            job_name=job_name, partition=partition, time_limit=time_limit, output=job_output,
+            job_name=job_name, instance=instance_type, partition=partition, time_limit=time_limit,
+            output=job_output,
             exclusive=exclusive, container_mounts=tuple(mounts), extra_env=tuple(_env_pair(e) for e in env),
         )
         job.validate()
-        env_vars, warnings = slurm.merge_env(slurm.nccl_env(versions), job.extra_env)
+        chosen = slurm.nccl_env(versions) + (slurm.instance_env(instance.intra) if instance else [])
+        env_vars, warnings = slurm.merge_env(chosen, job.extra_env)
         warnings = slurm.env_notes(versions) + warnings
         if from_matrix and not versions.nccl_tests and tests_dir == slurm.DEFAULT_TESTS_DIR and not no_container:
             warnings.append(f"image {label} does not list nccl_tests in its components; "
@@ -153,7 +164,10 @@ def register(cli: click.Group) -> None:
                 if wait and code:
                     state_word = f"failed (exit {summary['exit_code']})"
                 click.echo(f"job {summary['job_id']} {state_word}; output: {summary['output'] or job.output}")
-                click.echo(f"read it with: builder nccl parse {summary['output'] or '<job output file>'}")
+                result_file = summary["output"] or "<job output file>"
+                click.echo(f"read it with: builder nccl parse {result_file}")
+                click.echo(f"judge it with: builder nccl judge {result_file} --nodes {nodes} "
+                           f"--instance {instance_type or 'TYPE'}")
             else:
                 click.echo(f"submit with: sbatch {path}")
         if code:
