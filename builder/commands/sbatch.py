@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from builder import slurm
-from builder.errors import UsageError
+from builder.errors import BuilderError, UsageError
 
 # An image reference that is not a matrix name (same shape the matrix accepts).
 IMAGE_REF_RE = re.compile(
@@ -143,8 +143,11 @@ def register(cli: click.Group) -> None:
             click.echo(text, nl=False)
             return
         path = out or Path(f"{job.name}-{nodes}n.sbatch")
-        path.write_text(text)
-        path.chmod(0o755)
+        try:
+            path.write_text(text)
+            path.chmod(0o755)
+        except OSError as exc:
+            raise BuilderError(f"cannot write {path}: {exc.strerror}; choose another --out") from None
         summary = {"script": str(path), "job_name": job.name, "nodes": nodes,
                    "env": {v.name: v.value for v in env_vars}}
         code = 0
