@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,24 @@ def test_pmix_plugin_is_loadable(slurm_cluster):
     res = subprocess.run(["srun", "--mpi=list"], capture_output=True, text=True, env=slurm_cluster.env)
     assert "pmix" in res.stdout + res.stderr
     assert slurm.DEFAULT_OUTPUT == "%x_%j.out"
+
+
+def test_submit_returns_the_job_id_and_output_path(slurm_cluster, tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "sendrecv_perf").write_text("#!/bin/bash\necho \"stand-in rank $SLURM_PROCID\"\n")
+    (bindir / "sendrecv_perf").chmod(0o755)
+    res = sbatch(tmp_path, monkeypatch, "--nodes", "1", "--ntasks-per-node", "1", "--no-container", "--test",
+                 "sendrecv", "--tests-dir", str(bindir), "--time", "5", "--submit", "--json", "-o", "s.sbatch")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["job_id"].isdigit()
+    assert summary["output"] == str(tmp_path / f"nccl-nccl-tests-efa1.47.0_{summary['job_id']}.out")
+    # Let the job end before reading its output (a bounded wait; no timing is asserted).
+    for _ in range(120):
+        queued = subprocess.run(["squeue", "-h", "-j", summary["job_id"]], env=slurm_cluster.env,
+                                capture_output=True, text=True).stdout.strip()
+        if not queued:
+            break
+        time.sleep(1)
+    assert "stand-in rank 0" in Path(summary["output"]).read_text()
