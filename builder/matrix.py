@@ -267,7 +267,9 @@ class Matrix:
         errors = [p for p in problems if p.severity == "error"]
         if errors or spec is None:
             raise MatrixError(errors or [Problem(str(self.path), draft.line, name, None, "invalid override")])
-        return spec
+        from builder.lock import pin_specs
+
+        return pin_specs(self.path, [spec])[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -361,9 +363,11 @@ def load_matrix(path: Path | str, catalog: Catalog | None = None) -> Matrix:
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise MatrixError(errors)
+    from builder.lock import pin_specs  # matrix.lock.json, when present, pins bases by digest
+
     return Matrix(
         path=path,
-        images=tuple(specs),
+        images=tuple(pin_specs(path, specs)),
         warnings=tuple(p for p in problems if p.severity == "warning"),
         catalog=catalog,
         _drafts=by_name,

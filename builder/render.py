@@ -132,11 +132,14 @@ class Renderer:
 
     def labels(self, spec: ImageSpec) -> dict[str, str]:
         prefix = spec.label_prefix
+        base_name, _, base_digest = spec.base_image.partition("@")  # tag@digest when locked
         labels = {
             "org.opencontainers.image.title": spec.name,
             "org.opencontainers.image.version": spec.tags[0],
-            "org.opencontainers.image.base.name": spec.base_image,
+            "org.opencontainers.image.base.name": base_name,
         }
+        if base_digest:
+            labels["org.opencontainers.image.base.digest"] = base_digest
         if spec.description:
             labels["org.opencontainers.image.description"] = spec.description
         labels.update(spec.labels)

@@ -1,0 +1,473 @@
+"""Reproducible bases: resolve each base image tag to its digest and keep it in a lock file.
+
+``builder lock`` asks the registry, through the OCI distribution API, which manifest each base
+tag points to today and writes ``matrix.lock.json`` beside the matrix. While that file exists,
+loading the matrix pins every locked base to ``image:tag@sha256:...`` (so rendering writes
+``FROM image:tag@sha256:...`` and an ``org.opencontainers.image.base.digest`` label), and
+``builder lock --check`` tells which tags have moved since.
+
+Registry protocol (distribution spec, "Pulling manifests"; Docker token authentication):
+``HEAD /v2/<repo>/manifests/<tag>`` with an Accept header listing the four manifest types, so
+that a multi-platform tag answers with its index (manifest list) digest rather than one
+platform's; the digest is ``Docker-Content-Digest``, checked against the sha256 of the bytes
+whenever they are fetched. A 401 carries a ``WWW-Authenticate`` challenge: ``Bearer realm=...,
+service=...,scope=...`` (fetch a token from the realm, anonymously or with the user's login) or
+``Basic`` (send the login). Logins come from ECR's get_authorization_token for ECR registries
+(boto3) and from the Docker config file (``docker login``) for others; nothing is stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import requests
+
+from builder.errors import BuilderError, UsageError
+from builder.registry_api import ACCEPT, base_url, is_loopback
+
+LOCK_SCHEMA = 1
+INDEX_TYPES = (
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+)
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+# [registry/]path[:tag][@digest], lowercase path components as in the matrix's IMAGE_RE.
+REF_RE = re.compile(
+    r"^(?:(?P<registry>[a-zA-Z0-9]+(?:[.-][a-zA-Z0-9]+)*(?::\d{1,5})?)/)?"
+    r"(?P<path>[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+ECR_HOST_RE = re.compile(r"^[0-9]{12}\.dkr\.ecr(?:-fips)?\.[a-z]{2}(?:-[a-z]+)+-[0-9]\.amazonaws\.com(?:\.cn)?$")
+
+
+# --- references ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str  # as written (docker.io when none)
+    repository: str  # path in the registry (library/ added for Docker Hub's official images)
+    tag: str
+    digest: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Reference":
+        m = REF_RE.match(text)
+        first = text.split("/", 1)[0]
+        if not m:
+            raise UsageError(f"{text!r} is not an image reference like registry/repo:tag")
+        registry = m["registry"]
+        # Docker's rule: the first component is a registry when it has a '.' or ':' or is localhost.
+        if registry is None or not ("." in first or ":" in first or first == "localhost"):
+            registry, path = DOCKER_HUB, text.split("@")[0].rsplit(":", 1)[0] if m["tag"] else text.split("@")[0]
+            if "/" not in path:
+                path = f"library/{path}"
+        else:
+            path = m["path"]
+        return cls(registry, path, m["tag"] or "latest", m["digest"])
+
+    @property
+    def api_host(self) -> str:
+        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
+
+    @property
+    def url(self) -> str:
+        return base_url(self.api_host)
+
+
+# --- credentials -------------------------------------------------------------------------------------
+
+
+def docker_config_path() -> Path:
+    folder = os.environ.get("DOCKER_CONFIG")
+    return Path(folder) / "config.json" if folder else Path.home() / ".docker" / "config.json"
+
+
+def docker_login(registry: str, config: Path | None = None) -> tuple[str, str] | None:
+    """The login `docker login REGISTRY` stored (base64 'auth' entries; credential helpers are
+    not consulted), or None."""
+    path = config or docker_config_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise BuilderError(f"cannot read the Docker config {path}: {exc}") from None
+    auths = data.get("auths") or {}
+    names = [registry, f"https://{registry}", f"http://{registry}", f"https://{registry}/v1/", f"https://{registry}/v2/"]
+    if registry in (DOCKER_HUB, DOCKER_HUB_API):
+        names += ["https://index.docker.io/v1/", "index.docker.io", DOCKER_HUB]
+    for name in names:
+        entry = auths.get(name)
+        if isinstance(entry, dict) and entry.get("auth"):
+            try:
+                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise BuilderError(f"{path}: the login for {registry} does not decode; run docker login {registry} again") from None
+            return user, password
+    return None
+
+
+@dataclass
+class Credentials:
+    """Where logins come from: ECR's API for ECR registries (and for ``ecr_hosts``, e.g. a
+    private endpoint), else the Docker config. Looked up once per registry, kept in memory."""
+
+    ecr_hosts: frozenset[str] = frozenset()
+    ecr_region: str | None = None
+    ecr_endpoint_url: str | None = None
+    docker_config: Path | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def is_ecr(self, registry: str) -> bool:
+        return registry in self.ecr_hosts or bool(ECR_HOST_RE.match(registry))
+
+    def login(self, registry: str) -> tuple[str, str] | None:
+        if registry not in self._cache:
+            if self.is_ecr(registry):
+                from builder.ecr import EcrApi
+
+                api = EcrApi.connect(registry=registry if ECR_HOST_RE.match(registry) else None,
+                                     region=self.ecr_region, endpoint_url=self.ecr_endpoint_url)
+                self._cache[registry] = api.authorization().basic()
+            else:
+                self._cache[registry] = docker_login(registry, self.docker_config)
+        return self._cache[registry]
+
+
+# --- the registry ------------------------------------------------------------------------------------
+
+
+class RegistryError(BuilderError):
+    """A registry could not be asked (unreachable, refused the login, odd answer)."""
+
+    exit_code = 4
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """'Bearer realm="https://auth",service="reg",scope="repository:x:pull"' -> ('bearer', {...})."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = dict((k.lower(), v) for k, v in re.findall(r'([A-Za-z_]+)="([^"]*)"', rest))
+    return scheme.lower(), params
+
+
+@dataclass(frozen=True)
+class Resolved:
+    ref: str  # the tag reference as the matrix writes it
+    digest: str
+    media_type: str
+    platforms: Mapping[str, str] = field(default_factory=dict)  # os/arch -> manifest digest (indexes)
+
+    def to_dict(self) -> dict:
+        out = {"digest": self.digest, "media_type": self.media_type}
+        if self.platforms:
+            out["platforms"] = dict(sorted(self.platforms.items()))
+        return out
+
+
+class RegistryClient:
+    """Resolves tags to digests; one requests session, one token per (registry, repository)."""
+
+    def __init__(self, credentials: Credentials | None = None, timeout: float = 30,
+                 session: requests.Session | None = None):
+        self.credentials = credentials or Credentials()
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self._auth: dict[tuple[str, str], dict[str, str]] = {}
+
+    def resolve(self, text: str) -> Resolved | None:
+        """Digest of the manifest (or index) text points to; None when the registry has no such tag."""
+        ref = Reference.parse(text)
+        path = f"/v2/{ref.repository}/manifests/{ref.tag}"
+        answer = self._request("HEAD", ref, path)
+        if answer.status_code == 404:
+            return None
+        self._expect_ok(answer, ref, text)
+        digest = answer.headers.get("Docker-Content-Digest", "")
+        media_type = answer.headers.get("Content-Type", "").split(";")[0].strip()
+        platforms: dict[str, str] = {}
+        if not DIGEST_RE.match(digest) or media_type in INDEX_TYPES or not media_type:
+            # Fetch the bytes: the digest is their sha256 (some registries send no header on
+            # HEAD), and an index lists the per-platform manifests worth recording.
+            body = self._request("GET", ref, path)
+            if body.status_code == 404:
+                return None
+            self._expect_ok(body, ref, text)
+            actual = "sha256:" + hashlib.sha256(body.content).hexdigest()
+            if DIGEST_RE.match(digest) and digest != actual:
+                raise RegistryError(f"{text}: the registry's digest {digest} does not match the manifest it sent ({actual})")
+            digest = actual
+            media_type = body.headers.get("Content-Type", "").split(";")[0].strip() or media_type
+            try:
+                document = body.json()
+            except ValueError:
+                raise RegistryError(f"{text}: the registry sent a manifest that is not JSON") from None
+            media_type = document.get("mediaType") or media_type
+            if media_type in INDEX_TYPES:
+                for item in document.get("manifests") or []:
+                    plat = item.get("platform") or {}
+                    if plat.get("os") and plat.get("architecture") and DIGEST_RE.match(str(item.get("digest", ""))):
+                        key = f"{plat['os']}/{plat['architecture']}" + (f"/{plat['variant']}" if plat.get("variant") else "")
+                        platforms.setdefault(key, item["digest"])
+        return Resolved(text, digest, media_type, platforms)
+
+    # -- HTTP with the registry's challenge answered -------------------------------------------------
+
+    def _request(self, method: str, ref: Reference, path: str) -> requests.Response:
+        key = (ref.api_host, ref.repository)
+        answer = self._send(method, ref, path, self._auth.get(key, {}))
+        if answer.status_code != 401:
+            return answer
+        challenge = answer.headers.get("WWW-Authenticate", "")
+        scheme, params = parse_challenge(challenge)
+        login = self.credentials.login(ref.api_host)
+        if scheme == "bearer":
+            headers = {"Authorization": f"Bearer {self._token(ref, params, login)}"}
+        elif scheme == "basic":
+            if login is None:
+                raise RegistryError(self._needs_login(ref))
+            token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+            headers = {"Authorization": f"Basic {token}"}
+        else:
+            raise RegistryError(f"{ref.api_host} asked for {scheme or 'an unknown'} authentication, which this tool does not speak")
+        self._auth[key] = headers
+        answer = self._send(method, ref, path, headers)
+        if answer.status_code == 401:
+            raise RegistryError(f"{ref.api_host} refused the credentials for {ref.repository}"
+                                + ("" if login else f"; {self._needs_login(ref)}"))
+        return answer
+
+    def _send(self, method: str, ref: Reference, path: str, headers: Mapping[str, str]) -> requests.Response:
+        try:
+            return self.session.request(method, ref.url + path, headers={"Accept": ACCEPT, **headers},
+                                        timeout=self.timeout, allow_redirects=True)
+        except requests.RequestException as exc:
+            raise RegistryError(f"cannot reach {ref.api_host}: {type(exc).__name__}") from None
+
+    def _token(self, ref: Reference, params: Mapping[str, str], login: tuple[str, str] | None) -> str:
+        realm = params.get("realm", "")
+        parts = urlsplit(realm)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise RegistryError(f"{ref.api_host} sent a token realm that is not a URL: {realm!r}")
+        if parts.scheme == "http" and not is_loopback(parts.netloc):
+            # A login (or even a token) over plain http to another host is not something to send.
+            raise RegistryError(f"{ref.api_host} wants tokens from {realm}, which is plain http; refusing")
+        query = {"scope": params.get("scope") or f"repository:{ref.repository}:pull"}
+        if params.get("service"):
+            query["service"] = params["service"]
+        try:
+            answer = self.session.get(realm, params=query, auth=login, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise RegistryError(f"cannot reach the token service {parts.netloc} of {ref.api_host}: {type(exc).__name__}") from None
+        if answer.status_code in (401, 403):
+            raise RegistryError(f"the token service of {ref.api_host} refused "
+                                + ("the login" if login else f"an anonymous pull of {ref.repository}; {self._needs_login(ref)}"))
+        if answer.status_code != 200:
+            raise RegistryError(f"the token service of {ref.api_host} answered HTTP {answer.status_code}")
+        try:
+            data = answer.json()
+        except ValueError:
+            data = {}
+        token = data.get("token") or data.get("access_token")
+        if not token:
+            raise RegistryError(f"the token service of {ref.api_host} sent no token")
+        return token
+
+    def _needs_login(self, ref: Reference) -> str:
+        if self.credentials.is_ecr(ref.api_host):
+            return "check the AWS credentials (ECR get_authorization_token)"
+        return f"log in with 'docker login {ref.registry}'"
+
+    @staticmethod
+    def _expect_ok(answer: requests.Response, ref: Reference, text: str) -> None:
+        if answer.status_code == 200:
+            return
+        if answer.status_code == 403:
+            raise RegistryError(f"{ref.api_host} denied access to {text} (HTTP 403)")
+        if answer.status_code == 429:
+            raise RegistryError(f"{ref.api_host} is rate-limiting pulls (HTTP 429); try later or log in")
+        raise RegistryError(f"{ref.api_host} answered HTTP {answer.status_code} for {text}")
+
+
+# --- the lock file ------------------------------------------------------------------------------------
+
+
+def lock_path(matrix_path: Path) -> Path:
+    """matrix.yaml -> matrix.lock.json, beside it."""
+    matrix_path = Path(matrix_path)
+    return matrix_path.with_name(f"{matrix_path.stem}.lock.json")
+
+
+@dataclass(frozen=True)
+class LockEntry:
+    digest: str
+    media_type: str = ""
+    platforms: Mapping[str, str] = field(default_factory=dict)
+    bases: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        out: dict = {"digest": self.digest}
+        if self.media_type:
+            out["media_type"] = self.media_type
+        if self.platforms:
+            out["platforms"] = dict(sorted(self.platforms.items()))
+        out["bases"] = sorted(self.bases)
+        return out
+
+
+def read_lock(path: Path) -> dict[str, LockEntry] | None:
+    """The lock's entries (tag reference -> entry), or None when there is no lock file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a readable lock file ({exc}); fix it or run 'builder lock' to rewrite it") from None
+    if not isinstance(data, dict) or data.get("schema") != LOCK_SCHEMA or not isinstance(data.get("images"), dict):
+        raise UsageError(f"{path}: expected {{\"schema\": {LOCK_SCHEMA}, \"images\": {{...}}}}; run 'builder lock' to rewrite it")
+    entries = {}
+    for ref, entry in data["images"].items():
+        digest = entry.get("digest") if isinstance(entry, dict) else None
+        if not REF_RE.match(ref) or "@" in ref or not isinstance(digest, str) or not DIGEST_RE.match(digest):
+            raise UsageError(f"{path}: entry {ref!r} needs a tag reference and a sha256 digest; run 'builder lock'")
+        entries[ref] = LockEntry(digest, str(entry.get("media_type", "")), dict(entry.get("platforms") or {}),
+                                 tuple(entry.get("bases") or ()))
+    return entries
+
+
+def lock_text(entries: Mapping[str, LockEntry]) -> str:
+    """Deterministic JSON (no timestamps): re-locking unchanged tags changes nothing."""
+    data = {
+        "schema": LOCK_SCHEMA,
+        "comment": "Base image digests written by 'builder lock'; rendering pins FROM to them. "
+                   "Refresh with 'builder lock', check with 'builder lock --check'.",
+        "images": {ref: entries[ref].to_dict() for ref in sorted(entries)},
+    }
+    return json.dumps(data, indent=2) + "\n"
+
+
+# --- pinning specs (called by builder.matrix.load_matrix) ---------------------------------------------
+
+
+def pin_specs(matrix_path: Path, specs: Sequence):
+    """The specs with each locked base image pinned to tag@digest; unchanged without a lock file."""
+    entries = read_lock(lock_path(matrix_path))
+    if entries is None:
+        return list(specs)
+    return [pin(spec, entries) for spec in specs]
+
+
+def pin(spec, entries: Mapping[str, LockEntry]):
+    image = spec.base.image
+    entry = entries.get(image)
+    if "@" in image or entry is None:  # pinned in the matrix already, or not locked
+        return spec
+    return replace(spec, base=replace(spec.base, image=f"{image}@{entry.digest}"))
+
+
+def tag_ref(spec, entries: Mapping[str, LockEntry] | None) -> str | None:
+    """The tag reference a spec's base is locked under (undoing the pin), or None when the
+    matrix itself pins the base by digest (nothing for a lock to do)."""
+    image = spec.base.image
+    if "@" not in image:
+        return image
+    ref, _, digest = image.partition("@")
+    if entries and ref in entries and entries[ref].digest == digest:
+        return ref
+    return None
+
+
+def bases_in_use(specs: Iterable, entries: Mapping[str, LockEntry] | None) -> dict[str, tuple[str, ...]]:
+    """tag reference -> names of the matrix bases that use it (a DLC base has one per region)."""
+    out: dict[str, set[str]] = {}
+    for spec in specs:
+        ref = tag_ref(spec, entries)
+        if ref is not None:
+            out.setdefault(ref, set()).add(spec.base.key)
+    return {ref: tuple(sorted(keys)) for ref, keys in sorted(out.items())}
+
+
+# --- lock and check -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    ref: str
+    state: str  # locked | unchanged | moved | new | missing | unlocked | unused
+    digest: str | None = None  # what the registry says now
+    locked: str | None = None  # what the lock says
+
+    @property
+    def drift(self) -> bool:
+        return self.state in ("moved", "missing", "unlocked")
+
+    def line(self) -> str:
+        if self.state == "moved":
+            return f"{self.ref}: tag moved: locked {self.locked}, registry now {self.digest}"
+        if self.state == "missing":
+            return f"{self.ref}: the registry has no such tag now (locked {self.locked})" if self.locked else \
+                f"{self.ref}: the registry has no such tag"
+        if self.state == "unlocked":
+            return f"{self.ref}: not in the lock file (registry: {self.digest})"
+        if self.state == "unused":
+            return f"{self.ref}: locked but no image uses it"
+        return f"{self.ref}: {self.state} {self.digest or self.locked}"
+
+    def to_dict(self) -> dict:
+        return {"ref": self.ref, "state": self.state, "digest": self.digest, "locked": self.locked}
+
+
+def check(refs: Mapping[str, tuple[str, ...]], entries: Mapping[str, LockEntry] | None, client: RegistryClient,
+          progress: Callable[[str], None] = lambda _: None) -> list[Finding]:
+    """Compare the registry with the lock for every base in use; nothing is written."""
+    entries = entries or {}
+    findings = []
+    for ref in refs:
+        progress(f"resolving {ref}")
+        now = client.resolve(ref)
+        locked = entries.get(ref)
+        if now is None:
+            findings.append(Finding(ref, "missing", None, locked.digest if locked else None))
+        elif locked is None:
+            findings.append(Finding(ref, "unlocked", now.digest))
+        elif locked.digest != now.digest:
+            findings.append(Finding(ref, "moved", now.digest, locked.digest))
+        else:
+            findings.append(Finding(ref, "unchanged", now.digest, locked.digest))
+    for ref in sorted(set(entries) - set(refs)):
+        findings.append(Finding(ref, "unused", None, entries[ref].digest))
+    return findings
+
+
+def relock(refs: Mapping[str, tuple[str, ...]], entries: Mapping[str, LockEntry] | None, client: RegistryClient,
+           prune: bool, progress: Callable[[str], None] = lambda _: None) -> tuple[dict[str, LockEntry], list[Finding]]:
+    """Resolve every ref and return the new lock entries and what changed. A tag the registry
+    does not have is an error: a lock with a hole would render some images unpinned."""
+    old = dict(entries or {})
+    new = {} if prune else dict(old)
+    findings, missing = [], []
+    for ref, bases in refs.items():
+        progress(f"resolving {ref}")
+        now = client.resolve(ref)
+        if now is None:
+            missing.append(ref)
+            continue
+        new[ref] = LockEntry(now.digest, now.media_type, dict(now.platforms), bases)
+        before = old.get(ref)
+        state = "new" if before is None else ("unchanged" if before.digest == now.digest else "moved")
+        findings.append(Finding(ref, state, now.digest, before.digest if before else None))
+    if missing:
+        raise BuilderError("the registry has no such tag: " + ", ".join(missing) + "; fix the base image in the matrix")
+    if prune:
+        findings += [Finding(ref, "unused", None, old[ref].digest) for ref in sorted(set(old) - set(new))]
+    return new, findings
