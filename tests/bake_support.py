@@ -29,7 +29,7 @@ bases:
     image: %(ngc_image)s
     ships: {pytorch: "2.5.0a0", cuda: "12.6.1", nccl: "2.22.3", python: "3.10", os: ubuntu22.04}
   dlc-sm:
-    dlc_tag: 2.4.0-gpu-py311-cu124-ubuntu22.04-sagemaker
+    dlc_tag: 2.4.0-gpu-py311-cu124-ubuntu22.04-sagemaker%(dlc_image)s
     ships: {cuda: "12.4.1", nccl: "2.22.3", efa: "1.34.0"}
 images:
   - name: nv-efa1.35
@@ -60,10 +60,12 @@ def need(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-def write_project(folder: Path, ngc_image: str = "nvcr.io/nvidia/pytorch:24.09-py3") -> Path:
+def write_project(folder: Path, ngc_image: str = "nvcr.io/nvidia/pytorch:24.09-py3", dlc_image: str | None = None) -> Path:
+    """A project folder with SMALL_MATRIX; dlc_image replaces the DLC base's ECR URI."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "matrix.yaml"
-    path.write_text(SMALL_MATRIX % {"ngc_image": ngc_image}, encoding="utf-8")
+    dlc = f"\n    image: {dlc_image}" if dlc_image else ""
+    path.write_text(SMALL_MATRIX % {"ngc_image": ngc_image, "dlc_image": dlc}, encoding="utf-8")
     return path
 
 
