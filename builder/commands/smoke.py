@@ -1,0 +1,90 @@
+"""`builder smoke NAME|IMAGE [--sagemaker]`: the stanzas' checks inside a built image."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from builder import sagemaker_local
+from builder import smoke as sm
+from builder.buildkit import DOCKER_ENV, candidates
+from builder.errors import BuilderError, UsageError
+
+
+def _docker(preferred: str | None) -> str:
+    if preferred:
+        return preferred
+    found = candidates()
+    if not found:
+        raise BuilderError("no docker client on PATH")
+    return found[0]
+
+
+@click.command("smoke")
+@click.argument("target", metavar="NAME|IMAGE")
+@click.option("--image", "image", metavar="REF", help="Check this image against NAME's expectations (default: NAME's first tag).")
+@click.option("--sagemaker", is_flag=True, help="Also run the SageMaker training contract (local-mode emulation).")
+@click.option("--json", "as_json", is_flag=True, help="JSON output on stdout.")
+@click.option("--docker", "docker", metavar="PATH", envvar=DOCKER_ENV, help="Docker client to use.")
+@click.pass_obj
+def smoke_cmd(state, target, image, sagemaker, as_json, docker):
+    """Check a built image: every check its stanzas declared, with expected values from the
+    matrix (EFA installer, NCCL version, aws-ofi-nccl plugin and its ldd, nccl-tests, torch,
+    SageMaker toolkit, labels), hygiene (no apt lists, temp files, caches, build trees) and a
+    credentials scan. No GPU needed.
+
+    NAME is a matrix image (its first tag is checked); IMAGE is any reference, matched to its
+    matrix entry through its org.opencontainers.image.title label (else only hygiene and
+    credentials are checked). --sagemaker runs the image as SageMaker local mode does.
+
+    Exit codes: 0 all checks passed; 1 a check failed (each failure is one line); 2 bad input.
+    """
+    docker = _docker(docker)
+    try:
+        matrix = state.matrix()
+    except BuilderError:
+        if image is not None or not sm.IMAGE_RE.match(target):
+            raise
+        matrix = None  # a bare image reference needs no matrix
+    spec, ref = sm.resolve(matrix, target, image)
+    if spec is None:
+        spec = sm.spec_from_labels(matrix, docker, ref)
+    if sagemaker:
+        if spec is None:
+            raise UsageError(f"--sagemaker needs a matrix image: {ref} has no matching entry")
+        flavor = matrix.catalog.flavors[spec.flavor]
+        if not flavor.sagemaker:
+            raise UsageError(f"{spec.name}: flavor '{spec.flavor}' does not claim SageMaker support; "
+                             "the contract applies to flavors with sagemaker: true")
+    report = sm.smoke(docker, ref, spec)
+    doc = report.to_dict()
+    failed = not report.ok
+    if sagemaker:
+        outcomes = sagemaker_local.contract(docker, ref, spec.region or "us-west-2")
+        doc["sagemaker"] = [o.to_dict() for o in outcomes]
+        doc["ok"] = doc["ok"] and all(o.ok for o in outcomes)
+        failed = failed or not all(o.ok for o in outcomes)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(sm.format_text(report))
+        for outcome in doc.get("sagemaker", []):
+            status = "PASS" if outcome["ok"] else "FAIL"
+            click.echo(f"{status} sagemaker: {outcome['case']} job (exit {outcome['exit_code']}, "
+                       f"model {outcome['model_files'] or 'none'}, success marker {outcome['success_marker']}, "
+                       f"failure file {'yes' if outcome['failure_file'] is not None else 'no'})")
+            for problem in outcome["problems"]:
+                click.echo(f"FAIL sagemaker: {outcome['case']} job: {problem}")
+            if outcome["problems"]:
+                for line in outcome["log_tail"]:
+                    click.echo(f"  | {line}")
+    if failed:
+        bad = [r.line() for r in report.failures]
+        for outcome in doc.get("sagemaker", []):
+            bad += [f"sagemaker {outcome['case']}: {p}" for p in outcome["problems"]]
+        raise BuilderError(f"{ref}: {len(bad)} check(s) failed", exit_code=1)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(smoke_cmd)
