@@ -258,11 +258,19 @@ class _Interrupted(Exception):
 Interrupted = _Interrupted
 
 
+def _short(text: str, limit: int = 110) -> str:
+    text = re.sub(r"--mount=\S+\s+", "", " ".join(text.split()))  # cache mounts say nothing about the failure
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def failure_text(result: rep.ImageResult) -> str:
     where = (f"stanza '{result.failed_stanza}' failed" if result.failed_stanza
              else "the build failed before any stanza ran")
-    lines = [f"{result.name}: {where}" + (f" at {result.failed_step}" if result.failed_step else "")
-             + (f": {result.error}" if result.error else "")]
+    error = result.error or ""
+    m = re.match(r"^(?:executor failed running|process) .*?: (exit code: \d+|did not complete successfully.*)$", error)
+    error = m.group(1) if m else _short(error, 300)
+    lines = [f"{result.name}: {where}" + (f" at {_short(result.failed_step)}" if result.failed_step else "")
+             + (f": {error}" if error else "")]
     lines += [f"  | {line}" for line in result.log_tail]
     if result.log:
         lines.append(f"  full log: {result.log}")
