@@ -144,3 +144,35 @@ def test_ecr_login_through_the_ecr_api(tmp_path, engine, images):
     finally:
         registry.stop()
         moto.stop()
+
+
+def test_a_multi_platform_tag_locks_the_index_digest(tmp_path, engine, images, basic_registry):
+    """A tag holding a manifest list: the lock keeps the list's digest (what FROM resolves per
+    platform) and records each platform's manifest digest."""
+    import hashlib
+
+    import requests
+
+    amd64 = basic_registry.push(engine, images[0], "team/base", "single")
+    auth = (basic_registry.username, basic_registry.password)
+    url = f"http://{basic_registry.host}/v2/team/base/manifests"
+    manifest = requests.get(f"{url}/{amd64}", auth=auth, timeout=30,
+                            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    assert manifest.status_code == 200
+    media_type = "application/vnd.docker.distribution.manifest.list.v2+json"
+    index = json.dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": [
+        {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "size": len(manifest.content),
+         "digest": amd64, "platform": {"architecture": "amd64", "os": "linux"}},
+    ]}).encode()
+    put = requests.put(f"{url}/multi", data=index, auth=auth, headers={"Content-Type": media_type}, timeout=30)
+    assert put.status_code == 201, put.text
+    index_digest = "sha256:" + hashlib.sha256(index).hexdigest()
+    assert put.headers["Docker-Content-Digest"] == index_digest
+
+    base = f"{basic_registry.host}/team/base:multi"
+    matrix = write_project(tmp_path / "proj", ngc_image=base)
+    result = lock(matrix, "nv-efa1.35", env={"DOCKER_CONFIG": str(basic_registry.docker_config(tmp_path / "login"))})
+    assert result.returncode == 0, result.stderr
+    entry = json.loads(lock_path(matrix).read_text())["images"][base]
+    assert entry == {"digest": index_digest, "media_type": media_type, "platforms": {"linux/amd64": amd64},
+                     "bases": ["ngc"]}
