@@ -1,0 +1,46 @@
+"""Fixtures of the real-engine build/smoke tests: the prepared test project and its server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+import standins  # noqa: E402
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip when a daemon or tool is missing; in CI (CI=true) that is a failure instead."""
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
+def engine_ok() -> bool:
+    return os.path.exists(standins.DOCKER) and subprocess.run(
+        [standins.DOCKER, "info"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def build_project(tmp_path_factory):
+    """The test project: stand-in bases (cached in the engine), fixture server, rendered images/."""
+    need(engine_ok(), "no Docker engine answers through /usr/bin/docker (run scripts/setup-host.sh)")
+    need(os.geteuid() == 0, "stand-in base images need root (debootstrap, chroot)")
+    for tool in ("debootstrap", "chroot", "dpkg-deb"):
+        need(shutil.which(tool) is not None, f"{tool} is missing (apt-get install debootstrap)")
+    files = tmp_path_factory.mktemp("fixture-files")
+    with harness.FixtureServer(files) as server:
+        yield harness.prepare(tmp_path_factory.mktemp("project"), server, files)

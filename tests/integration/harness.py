@@ -1,0 +1,154 @@
+"""The real-engine test harness: a fixture HTTP server with a stand-in EFA installer, a temp
+project holding the test matrix (real templates, stand-in bases and URLs), and the CLI.
+
+Usable by hand too: ``python tests/integration/harness.py /tmp/proj`` prepares a project, starts
+the server and waits, so ``builder --matrix /tmp/proj/matrix.yaml build --all --network host``
+can be run against it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+FIXTURE = REPO / "tests" / "fixtures" / "itest-project"
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+import standins  # noqa: E402
+
+from builder import components as comp  # noqa: E402
+
+DOCKER = standins.DOCKER
+
+# The stand-in installer: same name, layout and flags as AWS's, installing marker files, a
+# fi_info that prints versions, and the bundled aws-ofi-nccl plugin as a real shared library
+# (copied from the image's zlib) where the installer version puts it, so ldd has work to do.
+INSTALLER = """#!/bin/bash
+# Stand-in aws-efa-installer {version} (test fixture): installs no EFA software.
+set -euo pipefail
+for arg in "$@"; do
+  case "$arg" in -y|-g|--skip-kmod|--skip-limit-conf|--no-verify|--minimal) ;; *) echo "unknown option $arg" >&2; exit 2;; esac
+done
+mkdir -p /opt/amazon/efa/bin /opt/amazon/efa/lib /opt/amazon/openmpi/bin /opt/amazon/openmpi/lib
+printf '# EFA installer version: {version}\\n# Debug packages installed: no\\n# Packages installed:\\nlibfabric-aws stand-in\\n' > /opt/amazon/efa_installed_packages
+printf '#!/bin/sh\\necho "fi_info: 2.1.0amzn3.0"\\necho "libfabric: 2.1.0amzn3.0"\\necho "libfabric api: 2.1"\\n' > /opt/amazon/efa/bin/fi_info
+printf '#!/bin/sh\\necho "mpirun (Open MPI) 4.1.7 stand-in"\\n' > /opt/amazon/openmpi/bin/mpirun
+chmod 755 /opt/amazon/efa/bin/fi_info /opt/amazon/openmpi/bin/mpirun
+{plugin}
+"""
+PLUGIN = """mkdir -p {lib_dir}
+zlib=$(ls /lib/x86_64-linux-gnu/libz.so.1* /usr/lib/x86_64-linux-gnu/libz.so.1* 2>/dev/null | head -n 1)
+cp "$zlib" {net_lib}
+cp "$zlib" {tuner_lib}
+"""
+
+
+def efa_installer(version: str, folder: Path) -> tuple[Path, str]:
+    """aws-efa-installer-<version>.tar.gz in folder, and its SHA256."""
+    ofi = comp.ofi_plugin(version)
+    plugin = PLUGIN.format(lib_dir=ofi.lib_dir, net_lib=ofi.net_lib, tuner_lib=ofi.tuner_lib) if ofi.bundled else ""
+    script = INSTALLER.format(version=version, plugin=plugin).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("aws-efa-installer/efa_installer.sh")
+        info.size, info.mode, info.mtime = len(script), 0o755, 0
+        tar.addfile(info, io.BytesIO(script))
+    path = folder / f"aws-efa-installer-{version}.tar.gz"
+    path.write_bytes(buf.getvalue())
+    return path, hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+
+class FixtureServer:
+    """Serves a folder on 127.0.0.1 (builds reach it with --network host)."""
+
+    def __init__(self, folder: Path):
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FixtureServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@dataclass
+class Project:
+    root: Path
+    matrix: Path
+    server: FixtureServer
+
+    def cli_argv(self) -> list[str]:
+        return [sys.executable, "-m", "builder", "--matrix", str(self.matrix)]
+
+    def cli_env(self) -> dict:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop("BUILDER_MATRIX", None)
+        return env
+
+    def cli(self, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
+        """Run the real CLI against this project's matrix."""
+        return subprocess.run([*self.cli_argv(), *args], capture_output=True, text=True, timeout=timeout,
+                              env=self.cli_env())
+
+
+def test_matrix_bases() -> dict:
+    return yaml.safe_load((FIXTURE / "matrix.yaml").read_text())["bases"]
+
+
+def prepare(root: Path, server: FixtureServer, files: Path) -> Project:
+    """Stand-ins (cached), installer tarballs, and the filled-in test matrix, rendered."""
+    bases = test_matrix_bases()
+    # A DLC's PyTorch version is in its tag (2.4.0-gpu-py311-...), not in ships.
+    dlc = standins.dlc_standin(bases["standin-dlc"]["ships"], bases["standin-dlc"]["dlc_tag"].split("-")[0])
+    ngc = standins.ngc_standin(bases["standin-ngc"]["ships"])
+    text = (FIXTURE / "matrix.yaml").read_text()
+    for version in ("1.47.0", "1.43.2"):
+        _, digest = efa_installer(version, files)
+        text = text.replace(f"@EFA_SHA256_{version}@", digest)
+    text = text.replace("@FIXTURE_URL@", server.url).replace("@DLC_IMAGE@", dlc).replace("@NGC_IMAGE@", ngc)
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(FIXTURE / "code", root / "code", dirs_exist_ok=True)
+    (root / "matrix.yaml").write_text(text)
+    project = Project(root, root / "matrix.yaml", server)
+    rendered = project.cli("render", "--all")
+    if rendered.returncode != 0:
+        raise RuntimeError(f"builder render --all failed: {rendered.stderr}")
+    return project
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/builder-itest")
+    files = target / "_files"
+    files.mkdir(parents=True, exist_ok=True)
+    with FixtureServer(files) as srv:
+        proj = prepare(target, srv, files)
+        print(f"project {proj.root} ready; fixture server {srv.url}; Ctrl-C to stop", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,155 @@
+"""Real builds through the real templates and CLI on stand-in bases, then smoke and SageMaker.
+
+Covers: -j 2 with one image failing in a named stanza (wrong EFA checksum) while the other is
+built, tagged and measured; per-image logs; smoke passing on the built NVIDIA-base image and
+failing on a planted private key and a leftover apt list; Ctrl-C leaving nothing tagged; and the
+DLC-extension flavor end to end (build, smoke, SageMaker contract). Stanzas needing nvcc are
+covered by render and static checks only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import standins
+
+pytestmark = pytest.mark.integration
+
+DOCKER = standins.DOCKER
+NVIDIA = "builder-itest/nvidia:itest-nvidia"
+BADSUM = "builder-itest/nvidia:itest-nvidia-badsum"
+DLC = "builder-itest/dlc:itest-dlc"
+
+
+def untag(*refs: str) -> None:
+    for ref in refs:
+        subprocess.run([DOCKER, "rmi", "--no-prune", ref], capture_output=True)
+
+
+def tagged(ref: str) -> bool:
+    return standins.image_exists(ref)
+
+
+@pytest.fixture(scope="module")
+def nvidia_built(build_project, tmp_path_factory):
+    """itest-nvidia and itest-nvidia-badsum built together (-j 2); one must fail in stanza efa."""
+    untag(NVIDIA, BADSUM)
+    work = tmp_path_factory.mktemp("nvidia-build")
+    proc = build_project.cli("build", "itest-nvidia", "itest-nvidia-badsum", "-j", "2", "--network", "host",
+                             "--report", str(work / "report.json"), "--log-dir", str(work / "logs"))
+    report = json.loads((work / "report.json").read_text())
+    return proc, report, work
+
+
+def test_parallel_build_one_failure_named(nvidia_built):
+    proc, report, work = nvidia_built
+    assert proc.returncode == 1, proc.stderr
+    images = {i["name"]: i for i in report["images"]}
+    good, bad = images["itest-nvidia"], images["itest-nvidia-badsum"]
+    assert good["status"] == "built", proc.stderr
+    assert good["image_id"].startswith("sha256:") and good["size"] > 0 and good["duration_s"] > 0
+    assert good["stanza_sizes"]["build-tools"] > 0 and good["stanza_sizes"]["efa"] > 0
+    assert "unknown" not in good["stanza_sizes"]
+    assert good["size_gate"]["ok"] is True
+    assert bad["status"] == "failed" and bad["failed_stanza"] == "efa"
+    assert any("FAILED" in line or "did NOT match" in line for line in bad["log_tail"])
+    assert "itest-nvidia-badsum: stanza 'efa' failed" in proc.stderr
+    assert "did NOT match" in proc.stderr or "FAILED" in proc.stderr
+    assert (work / "logs" / "itest-nvidia.log").stat().st_size > 0
+    assert (work / "logs" / "itest-nvidia-badsum.log").stat().st_size > 0
+    assert tagged(NVIDIA) and not tagged(BADSUM)
+    labels = json.loads(subprocess.run([DOCKER, "image", "inspect", "--format", "{{json .Config.Labels}}", NVIDIA],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert labels["builder.component.efa"] == "1.47.0" and labels["org.opencontainers.image.title"] == "itest-nvidia"
+
+
+def test_smoke_nvidia_passes(build_project, nvidia_built):
+    proc = build_project.cli("smoke", "itest-nvidia", "--json")
+    doc = json.loads(proc.stdout)
+    failures = [c for c in doc["checks"] if not c["ok"]]
+    assert proc.returncode == 0 and doc["ok"], failures
+    kinds = {(c["stanza"], c["kind"]) for c in doc["checks"]}
+    for expected in [("efa", "file_contains"), ("efa", "ldd"), ("efa", "command"), ("remove-conflicts", "command"),
+                     ("remove-hpcx-mpi", "file_absent"), ("network-env", "env"), ("openssh", "file_exists"),
+                     ("base", "nccl_version"), ("base", "python"), ("labels", "label"),
+                     ("hygiene", "leftovers"), ("credentials", "scan")]:
+        assert expected in kinds
+    nccl = next(c for c in doc["checks"] if c["kind"] == "nccl_version")
+    assert "2.25.1" in nccl["detail"]
+
+
+def test_planted_key_and_apt_list_fail_smoke(build_project, nvidia_built, tmp_path):
+    planted = "builder-itest/planted:key-and-apt-list"
+    dockerfile = (f"FROM {NVIDIA}\n"
+                  "RUN printf -- '-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAA\\n"
+                  "-----END OPENSSH PRIVATE KEY-----\\n' > /opt/deploy_key \\\n"
+                  " && echo 'Package: x' > /var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages\n")
+    subprocess.run([DOCKER, "build", "-q", "--network", "host", "-t", planted, "-"], input=dockerfile, text=True,
+                   check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    try:
+        for args in (("smoke", "itest-nvidia", "--image", planted, "--json"), ("smoke", planted, "--json")):
+            proc = build_project.cli(*args)
+            assert proc.returncode == 1, proc.stderr
+            doc = json.loads(proc.stdout)
+            failed = {(c["stanza"], c["kind"], c["args"].get("path")) for c in doc["checks"] if not c["ok"]}
+            assert failed == {
+                ("credentials", "private-key", "/opt/deploy_key"),
+                ("hygiene", "apt-lists", "/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages"),
+            }, failed
+        text = build_project.cli("smoke", planted)
+        assert text.returncode == 1
+        assert "FAIL credentials: private-key(path=/opt/deploy_key)" in text.stdout
+        assert "error:" in text.stderr and "Traceback" not in text.stderr
+    finally:
+        untag(planted)
+
+
+def test_interrupt_leaves_nothing_tagged(build_project, tmp_path):
+    untag(DLC)
+    env = build_project.cli_env()
+    proc = subprocess.Popen(
+        [*build_project.cli_argv(), "build", "itest-dlc", "--network", "host", "--no-cache",
+         "--report", str(tmp_path / "report.json"), "--log-dir", str(tmp_path / "logs")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    deadline = time.monotonic() + 600
+    for line in proc.stderr:
+        seen.append(line)
+        if "stanza pip-requirements" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "interrupted" in rest
+    assert not tagged(DLC)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["images"][0]["status"] == "interrupted" and report["images"][0]["image_id"] is None
+
+
+def test_dlc_end_to_end_with_sagemaker_contract(build_project, tmp_path):
+    untag(DLC)
+    built = build_project.cli("build", "itest-dlc", "--network", "host", "--report", str(tmp_path / "r.json"))
+    assert built.returncode == 0, built.stderr
+    assert tagged(DLC)
+    image = json.loads((tmp_path / "r.json").read_text())["images"][0]
+    assert image["stanza_sizes"].get("pip-requirements", 0) > 0 and image["stanza_sizes"].get("sagemaker-code", 0) > 0
+    proc = build_project.cli("smoke", "itest-dlc", "--sagemaker", "--json")
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0 and doc["ok"], json.dumps([c for c in doc["checks"] if not c["ok"]] + doc["sagemaker"], indent=1)
+    outcomes = {o["case"]: o for o in doc["sagemaker"]}
+    assert outcomes["success"]["exit_code"] == 0 and outcomes["success"]["model_files"] == ["model.json"]
+    assert outcomes["success"]["success_marker"] and outcomes["success"]["failure_file"] is None
+    assert outcomes["failure"]["exit_code"] != 0 and outcomes["failure"]["failure_file"] is not None
+    kinds = {(c["stanza"], c["kind"]) for c in doc["checks"]}
+    assert ("sagemaker-code", "env") in kinds and ("pip-requirements", "python") in kinds
+
+
+def test_sagemaker_refused_for_nvidia_flavor(build_project, nvidia_built):
+    proc = build_project.cli("smoke", "itest-nvidia", "--sagemaker")
+    assert proc.returncode == 2 and "does not claim SageMaker support" in proc.stderr
