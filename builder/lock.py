@@ -94,8 +94,8 @@ def docker_config_path() -> Path:
 
 
 def docker_login(registry: str, config: Path | None = None) -> tuple[str, str] | None:
-    """The login `docker login REGISTRY` stored (base64 'auth' entries; credential helpers are
-    not consulted), or None."""
+    """The login `docker login REGISTRY` stored: from the registry's credential helper
+    (credHelpers, else credsStore) when the config names one, else a base64 'auth' entry."""
     path = config or docker_config_path()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -103,6 +103,11 @@ def docker_login(registry: str, config: Path | None = None) -> tuple[str, str] |
         return None
     except (OSError, ValueError) as exc:
         raise BuilderError(f"cannot read the Docker config {path}: {exc}") from None
+    helper = (data.get("credHelpers") or {}).get(registry) or data.get("credsStore")
+    if isinstance(helper, str) and re.match(r"^[a-z0-9][a-z0-9_.-]*$", helper):
+        found = _helper_login(helper, registry)
+        if found:
+            return found
     auths = data.get("auths") or {}
     names = [registry, f"https://{registry}", f"http://{registry}", f"https://{registry}/v1/", f"https://{registry}/v2/"]
     if registry in (DOCKER_HUB, DOCKER_HUB_API):
@@ -116,6 +121,28 @@ def docker_login(registry: str, config: Path | None = None) -> tuple[str, str] |
                 raise BuilderError(f"{path}: the login for {registry} does not decode; run docker login {registry} again") from None
             return user, password
     return None
+
+
+def _helper_login(helper: str, registry: str) -> tuple[str, str] | None:
+    """Ask docker-credential-<helper> (the credential helper protocol: 'get', the server on
+    stdin, JSON with Username and Secret on stdout); None when it has no login for it."""
+    import shutil
+    import subprocess
+
+    program = shutil.which(f"docker-credential-{helper}")
+    if program is None:
+        return None
+    try:
+        answer = subprocess.run([program, "get"], input=registry, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if answer.returncode != 0:
+        return None  # "credentials not found in native keychain" and the like
+    try:
+        data = json.loads(answer.stdout)
+        return str(data["Username"]), str(data["Secret"])
+    except (ValueError, KeyError, TypeError):
+        raise BuilderError(f"docker-credential-{helper} answered something that is not a login for {registry}") from None
 
 
 @dataclass

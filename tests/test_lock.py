@@ -163,3 +163,27 @@ def test_check_without_a_lock_file_exits_1(tmp_path):
     matrix = write_project(tmp_path)
     result = run_builder("--matrix", str(matrix), "lock", "--check")
     assert result.returncode == 1 and "run 'builder lock' first" in result.stderr
+
+
+def test_docker_login_reads_auths_and_credential_helpers(tmp_path, monkeypatch):
+    import base64
+    import os
+
+    from builder.lock import docker_login
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"auths": {"reg.example.com": {"auth": base64.b64encode(b"u:p:w").decode()},
+                                            "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:pw").decode()}},
+                                  "credHelpers": {"helped.example.com": "testhelper"}}))
+    assert docker_login("reg.example.com", config) == ("u", "p:w")
+    assert docker_login("docker.io", config) == ("hub", "pw")
+    assert docker_login("other.example.com", config) is None
+    # A real executable speaking the credential-helper protocol (get, server on stdin).
+    helper = tmp_path / "bin" / "docker-credential-testhelper"
+    helper.parent.mkdir()
+    helper.write_text("#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread server\n"
+                      "[ \"$server\" = helped.example.com ] || { echo 'credentials not found'; exit 1; }\n"
+                      "printf '{\"ServerURL\":\"%s\",\"Username\":\"hu\",\"Secret\":\"hs\"}' \"$server\"\n")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{helper.parent}{os.pathsep}{os.environ['PATH']}")
+    assert docker_login("helped.example.com", config) == ("hu", "hs")
