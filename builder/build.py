@@ -73,7 +73,7 @@ def plan(root: Path, specs: list[ImageSpec], client: Client, options: BuildOptio
     """Check every Dockerfile is present and current and every --build-arg is declared; all
     problems at once, before anything is built."""
     renderer = Renderer()
-    problems, plans = [], []
+    problems, plans, declared_any = [], [], set()
     for spec in specs:
         path = dockerfile_path(root, spec)
         text = renderer.render(spec).dockerfile
@@ -85,16 +85,20 @@ def plan(root: Path, specs: list[ImageSpec], client: Client, options: BuildOptio
                             f"run 'builder render {spec.name}' and review the diff")
             continue
         declared = set(ARG_RE.findall(text))
-        for key, _ in options.build_args:
-            if key not in declared and key not in BUILTIN_ARGS:
-                problems.append(f"{spec.name}: --build-arg {key} is not an ARG of its Dockerfile "
-                                f"(declared: {', '.join(sorted(declared)) or 'none'})")
+        declared_any |= declared
+        # An override goes to the images that declare the ARG (one EFA version for the nvidia
+        # images of a mixed selection); BuildKit's own knobs go to all.
+        args = tuple((k, v) for k, v in options.build_args if k in declared or k in BUILTIN_ARGS)
         p = Plan(spec, path, text, step_stanzas(text))
         p.iidfile = work / f"{spec.name}.iid"
         p.argv = build_command(client, dockerfile=path, context=root, iidfile=p.iidfile, network=options.network,
                                cache_from=options.cache_from, cache_to=options.cache_to,
-                               no_cache=options.no_cache, build_args=options.build_args)
+                               no_cache=options.no_cache, build_args=args)
         plans.append(p)
+    for key, _ in options.build_args:
+        if plans and key not in declared_any and key not in BUILTIN_ARGS:
+            problems.append(f"--build-arg {key} is not an ARG of any selected image's Dockerfile "
+                            f"(declared: {', '.join(sorted(declared_any)) or 'none'})")
     if problems:
         raise UsageError("\n".join(problems))
     return plans
@@ -104,7 +108,7 @@ def dry_run_lines(plans: list[Plan], client: Client) -> list[str]:
     env = " ".join(f"{k}={v}" for k, v in client.env)
     lines = []
     for p in plans:
-        lines.append(f"# {p.spec.name}: stanzas {', '.join(dict.fromkeys(p.steps))}")
+        lines.append(f"# {p.spec.name}: stanzas {', '.join(p.spec.stanzas)}")
         lines.append((env + " " if env else "") + shlex.join(p.argv))
         for ref in p.spec.refs:
             lines.append(shlex.join([client.docker, "tag", f"$(cat {p.iidfile})", ref]).replace("'$(cat", "\"$(cat").replace(")'", ")\""))

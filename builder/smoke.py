@@ -251,8 +251,9 @@ class Smoker:
         inspect = subprocess.run([self.docker, "image", "inspect", "--format", "{{json .Config}}", self.image],
                                  capture_output=True, text=True)
         if inspect.returncode != 0:
-            raise BuilderError(f"image {self.image} not found in the engine: {_last(inspect.stderr)}; build it first "
-                               "('builder build NAME')")
+            hint = ("build it first ('builder build NAME')" if self.spec is not None
+                    else "not an image of the matrix either (see 'builder list')")
+            raise BuilderError(f"image {self.image} not found in the engine ({_last(inspect.stderr)}); {hint}")
         self.config = json.loads(inspect.stdout) or {}
         checks: list[Check] = []
         if self.spec is not None:

@@ -184,7 +184,7 @@ def test_plan_refuses_missing_stale_dockerfile_and_unknown_arg(tmp_path):
     assert result.exit_code == 0, result.output
     assert "--network host" in result.output and "tag" in result.output and "small:small" in result.output
     result = run(cli, ["--matrix", str(tmp_path / "matrix.yaml"), "build", "small", "--dry-run", "--build-arg", "NOPE=1"])
-    assert result.exit_code == 2 and "NOPE is not an ARG" in result.output
+    assert result.exit_code == 2 and "NOPE is not an ARG of any selected image" in result.output
     dockerfile = tmp_path / "images" / "small" / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + "RUN true\n")
     result = run(cli, ["--matrix", str(tmp_path / "matrix.yaml"), "build", "small", "--dry-run"])
