@@ -122,7 +122,7 @@ class RootfsBuilder:
     def apply(self, fileobj: IO[bytes]) -> None:
         """Apply one layer read sequentially from ``fileobj`` (plain or compressed tar)."""
         written: set[str] = set()  # paths this layer created: an opaque marker keeps them
-        with tarfile.open(fileobj=fileobj, mode="r|*") as layer:
+        with tarfile.open(fileobj=fileobj, mode="r|*", bufsize=_COPY_BUFFER) as layer:
             for member in layer:
                 rel = normalize(member.name)
                 base = os.path.basename(rel)

@@ -22,29 +22,39 @@ from typing import IO, Callable, Iterable, Iterator
 from builder.errors import BuilderError
 
 _MAX_SMALL = 16 << 20  # json files kept in memory; anything bigger is spooled
+_TAR_BUFFER = 1 << 20  # tarfile's stream default (10 KiB) costs a Python call per 10 KiB
 
 
 class ChunkReader:
-    """A read()-able file over an iterator of byte chunks (the engine's HTTP stream)."""
+    """A read()-able file over an iterator of byte chunks (the engine's HTTP stream).
+
+    Reads copy only what they return: the buffer is consumed by moving an offset and
+    compacted once in a while, not re-sliced on every small read tarfile makes.
+    """
 
     def __init__(self, chunks: Iterable[bytes]):
         self._chunks: Iterator[bytes] = iter(chunks)
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._pos = 0
         self.total = 0
 
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            parts = [self._buffer, *self._chunks]
-            self._buffer = b""
-            data = b"".join(parts)
-            self.total += len(data)
-            return data
-        while len(self._buffer) < size:
+    def _fill(self, size: int) -> None:
+        while size < 0 or len(self._buffer) - self._pos < size:
             try:
-                self._buffer += next(self._chunks)
+                chunk = next(self._chunks)
             except StopIteration:
-                break
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
+                return
+            if self._pos > (4 << 20):
+                del self._buffer[: self._pos]
+                self._pos = 0
+            self._buffer += chunk
+
+    def read(self, size: int = -1) -> bytes:
+        size = -1 if size is None else size
+        self._fill(size)
+        end = len(self._buffer) if size < 0 else min(len(self._buffer), self._pos + size)
+        data = bytes(self._buffer[self._pos:end])
+        self._pos = end
         self.total += len(data)
         return data
 
@@ -92,7 +102,7 @@ def apply_saved_image(stream: IO[bytes], spool_dir: str,
                     last_id = layer_id
                     progressed = True
 
-    with tarfile.open(fileobj=stream, mode="r|") as archive:
+    with tarfile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFFER) as archive:
         for member in archive:
             if not member.isfile():
                 continue
