@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tests.prereq import in_ci, need  # noqa: F401 (used by the tests through this module)
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("BUILDER_TEST_CACHE", Path.home() / ".cache" / "builder-tests"))
@@ -45,19 +46,6 @@ images:
     region: us-west-2
     pip: ["torchmetrics==1.4.0"]
 """
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def need(condition: bool, reason: str) -> None:
-    """Skip when a tool or daemon is missing; in CI (CI=true) that is a failure instead."""
-    if condition:
-        return
-    if in_ci():
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
 
 
 def write_project(folder: Path, ngc_image: str = "nvcr.io/nvidia/pytorch:24.09-py3", dlc_image: str | None = None) -> Path:

@@ -14,19 +14,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from tests.prereq import in_ci, unavailable  # noqa: F401 (used by the tests through this module)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nccl"
 BUSYBOX = Path("/bin/busybox")
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def unavailable(reason: str) -> None:
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: scripts/setup-host.sh should provide it)")
-    pytest.skip(reason)
 
 
 def load_fixture(name: str) -> str:

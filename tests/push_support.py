@@ -40,6 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from tests.prereq import in_ci, need  # noqa: F401 (used by the tests through this module)
 
 ACCOUNT = "123456789012"  # moto's default account
 REGION = "us-east-1"
@@ -50,19 +51,6 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 
 
 # --- skip locally, fail in CI ------------------------------------------------------------------
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def need(condition: bool, reason: str) -> None:
-    """Skip when a daemon or tool is missing; in CI (CI=true) that is a failure instead."""
-    if condition:
-        return
-    if in_ci():
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
 
 
 def docker_client():

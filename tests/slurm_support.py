@@ -21,22 +21,12 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.prereq import in_ci, unavailable  # noqa: F401 (used by the tests through this module)
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "sinfo", "scontrol")
 PMIX_LIB = Path("/usr/lib/x86_64-linux-gnu/pmix2/lib/libpmix.so")
 START_TIMEOUT = 60.0
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def unavailable(reason: str) -> None:
-    """Skip locally, fail in CI (where scripts/setup-host.sh must have installed everything)."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: scripts/setup-host.sh should provide it)")
-    pytest.skip(reason)
 
 
 def missing_tools() -> list[str]:
