@@ -5,6 +5,7 @@ Prints one row per method and compression: seconds (total, unpack, squash) and f
 
 Methods:
   native        ``builder export`` (docker save stream -> layers applied -> mksquashfs)
+  native-container ``builder export --source container`` (the engine's docker export -> mksquashfs)
   naive         what people do today: ``docker export | tar -x`` then the same mksquashfs
   naive-tar2sqfs ``docker export | tar2sqfs`` (squashfs-tools-ng; nothing unpacked on disk)
   enroot        ``enroot import dockerd://`` with the same ENROOT_SQUASH_OPTIONS (only where installed)
@@ -103,9 +104,9 @@ def bench_image(target_gb: float, work: Path) -> str:
     return ref
 
 
-def run_native(ref: str, options, out: Path, work: Path, processors: int) -> dict:
+def run_native(ref: str, options, out: Path, work: Path, processors: int, source: str = "layers") -> dict:
     result = export_image(ExportRequest(ref=ref, dest=out, squash_options=tuple(options), processors=processors,
-                                        force=True, work_dir=work))
+                                        force=True, work_dir=work, source=source))
     d = result.details
     return {"total": result.seconds, "unpack": d["unpack_seconds"], "squash": d["squash_seconds"], "size": result.size}
 
@@ -156,7 +157,7 @@ def main() -> None:
                         help=f"comma list from {','.join(COMPRESSIONS)}")
     parser.add_argument("--processors", type=int, default=squash.default_processors())
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()))
-    parser.add_argument("--skip", default="", help="comma list of methods to skip (native,naive,naive-tar2sqfs,enroot)")
+    parser.add_argument("--skip", default="", help="comma list of methods to skip (native,native-container,naive,naive-tar2sqfs,enroot)")
     args = parser.parse_args()
     sup.need_export_tools()
     skip = set(filter(None, args.skip.split(",")))
@@ -180,6 +181,10 @@ def main() -> None:
             if "native" not in skip:
                 r = run_native(ref, options, out, work, args.processors)
                 rows.append(("native", name, r["total"], r["unpack"], r["squash"], r["size"]))
+                print_row(rows[-1])
+            if "native-container" not in skip:
+                r = run_native(ref, options, out, work, args.processors, source="container")
+                rows.append(("native-container", name, r["total"], r["unpack"], r["squash"], r["size"]))
                 print_row(rows[-1])
             if "naive" not in skip:
                 rootfs = work / "naive-rootfs"

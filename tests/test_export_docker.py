@@ -72,10 +72,12 @@ def compare(reference, sqsh: Path, scratch: Path, keep_owners: bool) -> None:
     assert got["data/dir2file"].kind == "f" and got["data/setgid_dir"].kind == "l"
 
 
-def test_sqsh_equals_docker_export_with_root_owners(tricky, reference, tmp_path):
+@pytest.mark.parametrize("source", ["layers", "container"])
+def test_sqsh_equals_docker_export_with_root_owners(tricky, reference, tmp_path, source):
     dest = tmp_path / "tricky.sqsh"
-    run_export(tricky, "--to", str(dest))
+    run_export(tricky, "--to", str(dest), "--source", source)
     compare(reference, dest, tmp_path, keep_owners=False)
+    assert sup.docker("ps", "-aq", "--filter", "label=builder.export.owner").strip() == b""
 
 
 def test_sqsh_keeps_image_owners_on_request(tricky, reference, tmp_path):
@@ -150,9 +152,10 @@ def _wait_stopped(proc: subprocess.Popen, timeout: float = 120) -> None:
     raise AssertionError("export never reached its pause point")
 
 
-@pytest.mark.parametrize("stage", ["layers", "squash", "hash", "publish", "sidecar", "tar"])
+@pytest.mark.parametrize("stage", ["layers", "container", "squash", "hash", "publish", "sidecar", "tar"])
 def test_killed_export_keeps_previous_file_and_leaves_no_partial_one(tricky, tmp_path, stage):
     fmt = "tar" if stage == "tar" else "sqsh"
+    source = ["--source", "container"] if stage == "container" else []
     dest = tmp_path / f"image.{fmt}"
     work = tmp_path / "work"
     work.mkdir()
@@ -160,7 +163,7 @@ def test_killed_export_keeps_previous_file_and_leaves_no_partial_one(tricky, tmp
     before = sha256(dest)
 
     proc = subprocess.Popen([sys.executable, "-m", "builder", "export", tricky, "--to", str(dest),
-                             "--work-dir", str(work)], env={**os.environ, **NO_MATRIX, "BUILDER_EXPORT_TEST_PAUSE_AT": stage},
+                             "--work-dir", str(work), *source], env={**os.environ, **NO_MATRIX, "BUILDER_EXPORT_TEST_PAUSE_AT": stage},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_stopped(proc)
     proc.kill()
@@ -174,8 +177,11 @@ def test_killed_export_keeps_previous_file_and_leaves_no_partial_one(tricky, tmp
     if fmt == "sqsh":
         subprocess.run(["unsquashfs", "-s", str(dest)], check=True, capture_output=True)
 
-    again = json.loads(run_export(tricky, "--to", str(dest), "--work-dir", str(work), "--json").stdout)
+    if source:
+        assert sup.docker("ps", "-aq", "--filter", "label=builder.export.owner").strip() != b""
+    again = json.loads(run_export(tricky, "--to", str(dest), "--work-dir", str(work), "--json", *source).stdout)
     assert again["skipped"] is False  # never trusts a sidecar that does not describe the file
+    assert sup.docker("ps", "-aq", "--filter", "label=builder.export.owner").strip() == b""
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dest.name, f"{dest.name}.json", "work"])
     assert list(work.iterdir()) == []  # the killed run's unpacked image is gone too
 

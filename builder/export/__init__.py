@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from builder.errors import BuilderError, UsageError
-from builder.export import atomic, enroot_config, sidecar, source, squash
-from builder.export.layers import RootfsBuilder
+from builder.export import atomic, container, enroot_config, sidecar, source, squash
+from builder.export.layers import RootfsBuilder, enroot_excludes
 
 FORMATS = ("sqsh", "tar")
 METHODS = ("native", "enroot")
+SOURCES = ("layers", "container")  # native: docker save + our layer merge, or the engine's docker export
 # Test hook: stop (SIGSTOP) at these stages so a test can kill the export there, deterministically.
 PAUSE_ENV = "BUILDER_EXPORT_TEST_PAUSE_AT"
 
@@ -57,6 +58,7 @@ class ExportRequest:
     dest: Path
     fmt: str = "sqsh"
     method: str = "native"
+    source: str = "layers"
     squash_options: tuple[str, ...] = squash.ENROOT_DEFAULT
     processors: int = 1
     keep_owners: bool = False
@@ -71,6 +73,7 @@ class ExportRequest:
         return {
             "format": "sqsh",
             "method": self.method,
+            **({"source": self.source} if self.method == "native" else {}),
             "squash_options": list(self.squash_options),
             "owners": "image" if self.keep_owners else "root",
             "exporter_revision": sidecar.EXPORTER_REVISION,
@@ -135,6 +138,8 @@ def export_image(request: ExportRequest, *, progress: Callable[[str], None] = la
         raise UsageError(f"unknown format {request.fmt!r}; use one of {', '.join(FORMATS)}")
     if request.method not in METHODS:
         raise UsageError(f"unknown method {request.method!r}; use one of {', '.join(METHODS)}")
+    if request.source not in SOURCES:
+        raise UsageError(f"unknown source {request.source!r}; use one of {', '.join(SOURCES)}")
     if request.fmt == "tar" and request.method != "native":
         raise UsageError("--format tar is always made with docker save; drop --method enroot")
     if request.method == "enroot" and request.keep_owners:
@@ -287,7 +292,8 @@ def _write_native_sqsh(client, image, request: ExportRequest, temp: Path, progre
     try:
         rootfs = work / "rootfs"
         rootfs.mkdir()
-        builder = RootfsBuilder(rootfs, keep_owners=request.keep_owners)
+        exclude = container.engine_excludes if request.source == "container" else enroot_excludes
+        builder = RootfsBuilder(rootfs, keep_owners=request.keep_owners, exclude=exclude)
         layer_count = len((image.attrs.get("RootFS") or {}).get("Layers") or []) or "?"
 
         def apply_layer(fileobj, index: int, name: str) -> None:
@@ -298,8 +304,13 @@ def _write_native_sqsh(client, image, request: ExportRequest, temp: Path, progre
 
         unpack_started = time.monotonic()
         try:
-            saved = source.apply_saved_image(source.ChunkReader(image.save(chunk_size=1 << 20)),
-                                             str(work / "spool"), apply_layer)
+            if request.source == "container":
+                progress("reading the filesystem of a container made from the image (docker export)")
+                container.apply_container_export(client, image, lambda f: (builder.apply(f), _pause("container")))
+                saved = source.SaveResult(layers=["container"], streamed=1)
+            else:
+                saved = source.apply_saved_image(source.ChunkReader(image.save(chunk_size=1 << 20)),
+                                                 str(work / "spool"), apply_layer)
             config = image.attrs.get("Config") or {}
             for rel, text in enroot_config.render(config).items():
                 builder.write_file(rel, text.encode())
