@@ -232,10 +232,17 @@ class Builder:
             where = f"stanza {progress.failed_stanza}" if progress.failed_stanza else "before any stanza ran"
             self.reporter.update(name, f"FAILED in {where} after {result.duration_s:.0f}s (log: {log_path})")
             return
-        result.image_id = p.iidfile.read_text().strip()
-        for ref in p.spec.refs:
-            subprocess.run([self.client.docker, "tag", result.image_id, ref], check=True, capture_output=True)
-        self._measure(p, result)
+        image_id = p.iidfile.read_text().strip()
+        try:
+            for ref in p.spec.refs:
+                subprocess.run([self.client.docker, "tag", image_id, ref], check=True, capture_output=True, text=True)
+            result.image_id = image_id
+            self._measure(p, result)
+        except subprocess.CalledProcessError as exc:
+            result.status = "failed"
+            result.error = f"built {image_id[7:19]} but '{' '.join(exc.cmd[1:3])}' failed: {_last_line(exc.stderr)}"
+            self.reporter.update(name, f"FAILED after the build: {result.error}")
+            return
         gate = result.size_gate
         if gate is not None and not gate["ok"] and self.options.size_gate:
             result.status = "size-gate"
@@ -251,6 +258,11 @@ class Builder:
         result.layers = rep.layer_sizes(p.text, rep.history(self.client.docker, result.image_id))
         result.stanza_sizes = rep.per_stanza(result.layers)
         result.size_gate = rep.size_gate(result.size, p.spec.size_baseline, p.spec.size_tolerance)
+
+
+def _last_line(text: str | None) -> str:
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
 
 
 class _Interrupted(Exception):

@@ -75,6 +75,7 @@ class Progress:
     failed_stanza: str | None = None
     failed_step: str | None = None
     error: str | None = None
+    _index: int = 0
     _vertex_stanza: dict = field(default_factory=dict)
     _vertex_step: dict = field(default_factory=dict)
     _logs: dict = field(default_factory=dict)
@@ -90,9 +91,12 @@ class Progress:
             stanza = self.steps[index - 1] if total == len(self.steps) and 0 < index <= total else None
             self._vertex_stanza[vertex] = stanza or "unknown"
             self._vertex_step[vertex] = f"[{index}/{total}] {text}"
-            if stanza and stanza != self.current:
+            # Cached steps are announced out of order: only moving forward counts as progress.
+            if stanza and index > self._index and stanza != self.current:
+                self._index = index
                 self.current = stanza
                 return stanza
+            self._index = max(self._index, index if stanza else 0)
             return None
         m = ERROR_RE.match(line)
         if m and m.group(1) in self._vertex_stanza:

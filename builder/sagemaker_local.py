@@ -134,14 +134,15 @@ def contract(docker: str, image: str, region: str = "us-west-2", keep: Path | No
             outcomes.append(judge(case, code, log, root))
         finally:
             if keep is None:
-                _remove(docker, root)
+                _remove(docker, image, root)
     return outcomes
 
 
-def _remove(docker: str, root: Path) -> None:
-    """Files written by the container may belong to another uid: fall back to a container."""
+def _remove(docker: str, image: str, root: Path) -> None:
+    """Files the job wrote belong to the container's user (root): when we are not root, remove
+    them from inside a container of the same image."""
     shutil.rmtree(root, ignore_errors=True)
     if root.exists():
-        subprocess.run([docker, "run", "--rm", "--network", "none", "-v", f"{root}:/x", "--entrypoint", "/bin/rm",
-                        "busybox", "-rf", "/x"], capture_output=True)
+        subprocess.run([docker, "run", "--rm", "--network", "none", "-v", f"{root}:/x", "--entrypoint", "/bin/sh",
+                        image, "-c", "rm -rf /x/* /x/.[!.]*"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
