@@ -196,3 +196,9 @@ def test_failure_text_names_stanza():
                              error="exit code: 1", log_tail=["sha256sum: FAILED"], log="/tmp/l/img.log")
     text = b.failure_text(result)
     assert "stanza 'efa' failed at [5/9] RUN x" in text and "| sha256sum: FAILED" in text and "/tmp/l/img.log" in text
+
+
+def test_progress_ignores_cached_steps_announced_out_of_order():
+    progress = Progress(["base", "efa", "efa", "labels"])
+    lines = ["#5 [3/4] RUN b", "#4 [2/4] RUN a", "#6 [4/4] COPY x y", "#3 [1/4] FROM base"]
+    assert [progress.feed(line) for line in lines] == ["efa", None, "labels", None]
