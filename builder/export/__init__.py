@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -193,11 +194,25 @@ def export_image(request: ExportRequest, *, progress: Callable[[str], None] = la
         atomic.publish(side_temp, side)
     except OSError as exc:
         raise atomic.os_error_line(exc, temp, "writing") from None
+    except tarfile.TarError as exc:
+        raise BuilderError(f"the image stream from the engine is not a valid tar ({exc}); is the engine healthy?") from None
+    except Exception as exc:
+        if _is_engine_error(exc):
+            raise BuilderError(f"the Docker engine failed while sending {request.ref}: {exc.__class__.__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise
     finally:
         atomic.discard(temp)
         atomic.discard(atomic.temp_name(side))
     progress(f"exported {request.ref} to {dest} ({facts['size'] / 1e9:.2f} GB)")
     return ExportResult(dest, side, False, image.id, digest, facts["size"], time.monotonic() - started, details)
+
+
+def _is_engine_error(exc: Exception) -> bool:
+    import requests
+    from docker.errors import DockerException
+
+    return isinstance(exc, (DockerException, requests.exceptions.RequestException))
 
 
 def _metadata(request: ExportRequest, image, settings, dest: Path, digest: str, facts) -> dict[str, Any]:
