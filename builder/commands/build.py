@@ -22,7 +22,7 @@ from builder.errors import BuilderError, UsageError
 @click.option("--cache-to", "cache_to", metavar="SPEC", help="Cache export, e.g. type=registry,ref=... (buildx only).")
 @click.option("--no-cache", is_flag=True, help="Do not use the build cache.")
 @click.option("--build-arg", "build_args", multiple=True, metavar="NAME=VALUE",
-              help="Override an ARG of the Dockerfile (repeatable; the name must be declared).")
+              help="Override an ARG (repeatable); passed to the selected images that declare it, an error if none does.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Images built in parallel.")
 @click.option("--dry-run", is_flag=True, help="Print the commands, build nothing.")
 @click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path),
