@@ -11,22 +11,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import harness  # noqa: E402
 import standins  # noqa: E402
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def need(condition: bool, reason: str) -> None:
-    """Skip when a daemon or tool is missing; in CI (CI=true) that is a failure instead."""
-    if condition:
-        return
-    if in_ci():
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
+from prereq import need  # noqa: E402  (skip locally, fail in CI)
 
 
 def engine_ok() -> bool:
