@@ -186,7 +186,7 @@ def _append_layer(source_ref: str, layer: bytes, ref: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         with tarfile.open(fileobj=io.BytesIO(docker("save", source_ref))) as tar:
-            tar.extractall(root)
+            tar.extractall(root, filter="tar")
         manifest = json.loads((root / "manifest.json").read_text())
         config_name = manifest[0]["Config"]
         config = json.loads((root / config_name).read_text())
