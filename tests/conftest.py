@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The tools the test extras install (shellcheck, hadolint, actionlint, moto_server, builder) sit
+# beside this interpreter; put them on PATH as an activated venv would (CI calls .venv/bin/python).
+_BIN = str(Path(sys.executable).parent)
+if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 
 @pytest.fixture(scope="session")
