@@ -34,6 +34,12 @@ def cuda_tag(cuda: str) -> str:
     return f"cu{major}{minor}"
 
 
+def cuda_from_tag(tag: str) -> str:
+    """'cu124' -> '12.4' (major and one-digit minor, as PyTorch and DLC tags write them)."""
+    digits = tag[2:]
+    return f"{digits[:-1]}.{digits[-1]}"
+
+
 def python_tag(python: str) -> str:
     """Python 3.11 -> 'py311' (DLC tag form)."""
     major, minor = V(python).release[:2]

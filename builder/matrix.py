@@ -96,6 +96,22 @@ SOURCE_FILES = {
     "torchvision_git": ("torchvision", "vision.git"),
     "xformers_git": ("xformers", "xformers.git"),
 }
+# The official upstream of each source. A matrix's `sources:` overrides any of them (a mirror, an
+# air-gapped artifact store); a matrix that names none builds from these.
+UPSTREAM_SOURCES = {
+    "efa_installer": "https://efa-installer.amazonaws.com/aws-efa-installer-{version}.tar.gz",
+    "pmix": "https://github.com/openpmix/openpmix/releases/download/v{version}/pmix-{version}.tar.gz",
+    "openmpi": "https://download.open-mpi.org/release/open-mpi/v{series}/openmpi-{version}.tar.gz",
+    "miniconda": "https://repo.anaconda.com/miniconda/Miniconda3-py{python_nodot}_{version}-Linux-x86_64.sh",
+    "boost": "https://archives.boost.io/release/{version}/source/boost_{version_underscored}.tar.gz",
+    "nccl_git": "https://github.com/NVIDIA/nccl.git",
+    "aws_ofi_nccl_git": "https://github.com/aws/aws-ofi-nccl.git",
+    "nccl_tests_git": "https://github.com/NVIDIA/nccl-tests.git",
+    "gdrcopy_git": "https://github.com/NVIDIA/gdrcopy.git",
+    "pytorch_git": "https://github.com/pytorch/pytorch.git",
+    "torchvision_git": "https://github.com/pytorch/vision.git",
+    "xformers_git": "https://github.com/facebookresearch/xformers.git",
+}
 
 TOP_KEYS = ("schema", "defaults", "flavor_defaults", "bases", "sources", "checksums", "images")
 ENTRY_KEYS = (
@@ -327,7 +343,7 @@ def load_matrix(path: Path | str, catalog: Catalog | None = None) -> Matrix:
         root=path.resolve().parent,
         catalog=catalog,
         bases={},
-        sources=_mapping(data, "sources", err) or {},
+        sources=_mapping(data, "sources", err) or LineDict(),
         checksums=_mapping(data, "checksums", err) or {},
         defaults=_mapping(data, "defaults", err) or LineDict(),
         flavor_defaults=_mapping(data, "flavor_defaults", err) or {},
@@ -490,6 +506,7 @@ def _load_bases(data: LineDict, err) -> dict[str, BaseImage | None]:
                 if "cuda" in ships and comp.cuda_tag(ships["cuda"]) != dlc.cuda_tag:
                     err(raw_ships.line_of("cuda"), None, f"{where}.ships.cuda", f"{ships['cuda']} contradicts the DLC tag ({dlc.cuda_tag})")
                     ok = False
+                ships.setdefault("cuda", comp.cuda_from_tag(dlc.cuda_tag))  # cu124 -> 12.4; ships may say 12.4.1
         if image is not None and (not isinstance(image, str) or not IMAGE_RE.match(image)):
             err(entry.line_of("image"), None, f"{where}.image", "not a valid image reference (registry/repo:tag[@sha256:...])")
             ok = False
@@ -723,8 +740,10 @@ def _build_spec(ctx: _Context, draft: _Draft, problems: list[Problem]) -> ImageS
         if not isinstance(region, str) or not REGION_RE.match(region):
             err("region", "a dlc image needs region: like us-west-2")
             region = None
-        elif comp.dlc_registry(region) is None:
-            err("region", f"no Deep Learning Containers registry known for region '{region}'{_did_you_mean(region, comp.facts.DLC_REGION_ACCOUNTS)}")
+        elif comp.dlc_registry(region) is None and not (base is not None and base.image):
+            err("region", f"no Deep Learning Containers registry known for region '{region}'"
+                f"{_did_you_mean(region, comp.facts.DLC_REGION_ACCOUNTS)}; "
+                f"or give bases.{base_key}.image the full DLC image URI for that region")
             region = None
         if base is not None and region and not base.image:
             base = replace(base, image=comp.dlc_image(region, base.dlc_tag))
@@ -773,6 +792,11 @@ def _build_spec(ctx: _Context, draft: _Draft, problems: list[Problem]) -> ImageS
     if not isinstance(archs, list) or not all(isinstance(a, str) and ARCH_RE.match(a) for a in archs):
         err("cuda_archs", "must be a list of quoted SM numbers like [\"80\", \"90\"]")
         archs = []
+    elif not archs:
+        compiling = [s for s in enabled if catalog.stanzas[s].compiles_cuda]
+        if compiling:  # an empty list would build for nvcc's default GPU only
+            err("cuda_archs", f"stanza {compiling[0]} compiles CUDA code: set cuda_archs to the GPUs it runs on, "
+                "e.g. [\"80\", \"90\"] for A100 (p4d) and H100/H200 (p5)")
     env = _env(values.get("env"), err)
     labels = _labels(values.get("labels"), err)
     waivers = _waivers(values.get("waivers"), err)
@@ -900,10 +924,9 @@ def _resolve_sources(ctx, comps, versions, err) -> tuple[dict, dict, dict]:
     for key, (component, file_template) in SOURCE_FILES.items():
         if component not in comps:
             continue
-        template = ctx.sources.get(key)
+        template = ctx.sources.get(key, UPSTREAM_SOURCES[key])
         if not isinstance(template, str):
-            err(f"sources.{key}", f"no URL for {key}; add it under sources: in the matrix")
-            continue
+            continue  # reported by _check_sources
         version = comps[component]
         values = {
             "version": version,

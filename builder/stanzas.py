@@ -8,6 +8,7 @@ YAML metadata between ``---`` lines::
     needs: [efa]          # matrix fields that must be set; the stanza is on when they are
     optional: false       # optional stanzas stay off unless the matrix switches them on
     apt: [curl]           # Debian/Ubuntu packages it needs at build time (installed early)
+    compiles_cuda: false  # true when it runs nvcc: the image then needs cuda_archs
     checks:               # smoke checks proving it worked in a built image (Jinja strings)
       - {kind: file_contains, path: /opt/amazon/efa_installed_packages, text: "{{ v.efa }}"}
     ---#}
@@ -51,6 +52,7 @@ class StanzaMeta:
     optional: bool = False
     apt: tuple[str, ...] = ()
     checks: tuple[dict, ...] = ()
+    compiles_cuda: bool = False
     path: Path = field(default=Path(), compare=False)
 
 
@@ -72,7 +74,7 @@ def _parse_meta(path: Path) -> StanzaMeta:
     if not m:
         raise CatalogError(f"{path}: stanza must open with a {{#--- YAML metadata ---#}} block")
     data = yaml.safe_load(m.group("meta")) or {}
-    unknown = set(data) - {"summary", "needs", "optional", "apt", "checks"}
+    unknown = set(data) - {"summary", "needs", "optional", "apt", "checks", "compiles_cuda"}
     if unknown:
         raise CatalogError(f"{path}: unknown metadata keys {sorted(unknown)}")
     name = path.name[: -len(STANZA_SUFFIX)]
@@ -89,6 +91,7 @@ def _parse_meta(path: Path) -> StanzaMeta:
         optional=bool(data.get("optional", False)),
         apt=tuple(data.get("apt") or ()),
         checks=checks,
+        compiles_cuda=bool(data.get("compiles_cuda", False)),
         path=path,
     )
 

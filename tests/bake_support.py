@@ -20,11 +20,8 @@ CACHE = Path(os.environ.get("BUILDER_TEST_CACHE", Path.home() / ".cache" / "buil
 # image, so the lock tests can point it at a local registry.
 SMALL_MATRIX = """\
 schema: 1
-sources:
-  efa_installer: https://efa-installer.amazonaws.com/aws-efa-installer-{version}.tar.gz
-  aws_ofi_nccl_git: https://github.com/aws/aws-ofi-nccl.git
-  nccl_tests_git: https://github.com/NVIDIA/nccl-tests.git
-  gdrcopy_git: https://github.com/NVIDIA/gdrcopy.git
+defaults:
+  cuda_archs: ["80", "90"]
 bases:
   ngc:
     image: %(ngc_image)s

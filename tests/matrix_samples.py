@@ -6,21 +6,6 @@ import copy
 
 import yaml
 
-SOURCES = {
-    "efa_installer": "https://efa-installer.amazonaws.com/aws-efa-installer-{version}.tar.gz",
-    "nccl_git": "https://github.com/NVIDIA/nccl.git",
-    "aws_ofi_nccl_git": "https://github.com/aws/aws-ofi-nccl.git",
-    "nccl_tests_git": "https://github.com/NVIDIA/nccl-tests.git",
-    "gdrcopy_git": "https://github.com/NVIDIA/gdrcopy.git",
-    "pytorch_git": "https://github.com/pytorch/pytorch.git",
-    "torchvision_git": "https://github.com/pytorch/vision.git",
-    "xformers_git": "https://github.com/facebookresearch/xformers.git",
-    "pmix": "https://github.com/openpmix/openpmix/releases/download/v{version}/pmix-{version}.tar.gz",
-    "openmpi": "https://download.open-mpi.org/release/open-mpi/v{series}/openmpi-{version}.tar.gz",
-    "miniconda": "https://repo.anaconda.com/miniconda/Miniconda3-py{python_nodot}_{version}-Linux-x86_64.sh",
-    "boost": "https://archives.boost.io/release/{version}/source/boost_{version_underscored}.tar.gz",
-}
-
 BASES = {
     "ngc": {
         "image": "nvcr.io/nvidia/pytorch:24.09-py3",
@@ -66,7 +51,7 @@ DLC = {"name": "dl", "flavor": "dlc", "base": "dlc-sm", "region": "us-west-2", "
 
 
 def matrix(*entries, **top) -> dict:
-    data = {"schema": 1, "sources": copy.deepcopy(SOURCES), "bases": copy.deepcopy(BASES),
+    data = {"schema": 1, "defaults": {"cuda_archs": ["80", "90"]}, "bases": copy.deepcopy(BASES),
             "images": [copy.deepcopy(e) for e in entries]}
     data.update(copy.deepcopy(top))
     return data

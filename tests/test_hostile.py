@@ -30,7 +30,7 @@ def _valid(tmp_path):
     nv["components"]["nccl"] = "2.19.3"
     nv["cuda_archs"] = ["80", "90"]
     return matrix(nv, SOURCE, dlc, checksums={"efa_installer": {"1.35.0": "a" * 64}},
-                  defaults={"label_prefix": "com.example"})
+                  defaults={"label_prefix": "com.example", "cuda_archs": ["80", "90"]})
 
 
 def _string_leaves(node, path=()):
@@ -127,15 +127,15 @@ def test_wrong_types_and_unknown_keys(write_matrix, mutate, expect):
 
 def test_url_rules(write_matrix):
     data = matrix(NVIDIA)
-    data["sources"]["efa_installer"] = "http://efa-installer.amazonaws.com/aws-efa-installer-{version}.tar.gz"
+    data.setdefault("sources", {})["efa_installer"] = "http://efa-installer.amazonaws.com/aws-efa-installer-{version}.tar.gz"
     with pytest.raises(MatrixError) as exc:
         load_matrix(write_matrix(dump(data)))
     assert "must use https://" in str(exc.value)
-    data["sources"]["efa_installer"] = "https://efa-installer.amazonaws.com/efa-{version}.tgz"
+    data.setdefault("sources", {})["efa_installer"] = "https://efa-installer.amazonaws.com/efa-{version}.tgz"
     with pytest.raises(MatrixError) as exc:
         load_matrix(write_matrix(dump(data)))
     assert "must end in aws-efa-installer-1.35.0.tar.gz" in str(exc.value)
-    data["sources"]["efa_installer"] = "http://127.0.0.1:8000/aws-efa-installer-{version}.tar.gz"
+    data.setdefault("sources", {})["efa_installer"] = "http://127.0.0.1:8000/aws-efa-installer-{version}.tar.gz"
     assert load_matrix(write_matrix(dump(data))).get("nv").sources["efa_installer"].startswith("http://127.0.0.1")
 
 

@@ -45,7 +45,8 @@ def test_specs_are_immutable(bundled_matrix):
 
 
 def test_defaults_and_flavor_defaults_merge_with_entry_winning(write_matrix):
-    data = matrix(NVIDIA, defaults={"labels": {"org.opencontainers.image.vendor": "A"}, "tags": ["d-{name}"]},
+    data = matrix(NVIDIA, defaults={"labels": {"org.opencontainers.image.vendor": "A"}, "tags": ["d-{name}"],
+                                    "cuda_archs": ["80", "90"]},
                   flavor_defaults={"nvidia": {"components": {"gdrcopy": "2.4.1"}, "tags": ["f-{name}"]}})
     data["images"][0]["labels"] = {"org.opencontainers.image.vendor": "B"}
     spec = load_matrix(write_matrix(dump(data))).get("nv")
@@ -122,3 +123,37 @@ def test_every_problem_is_reported_at_once(write_matrix):
     lines = str(exc.value).splitlines()
     assert len(exc.value.problems) == 3 == len(lines)
     assert all(line.startswith("matrix.yaml:") or "matrix.yaml:" in line for line in lines)
+
+
+def test_sources_default_to_upstream_and_a_matrix_overrides_one(write_matrix):
+    data = matrix(NVIDIA)
+    spec = load_matrix(write_matrix(dump(data))).get("nv")
+    assert spec.sources["efa_installer"] == "https://efa-installer.amazonaws.com/aws-efa-installer-1.35.0.tar.gz"
+    assert spec.sources["nccl_tests_git"] == "https://github.com/NVIDIA/nccl-tests.git"
+    data["sources"] = {"efa_installer": "https://mirror.example.com/efa/aws-efa-installer-{version}.tar.gz"}
+    spec = load_matrix(write_matrix(dump(data))).get("nv")
+    assert spec.sources["efa_installer"] == "https://mirror.example.com/efa/aws-efa-installer-1.35.0.tar.gz"
+    assert spec.sources["aws_ofi_nccl_git"] == "https://github.com/aws/aws-ofi-nccl.git"
+
+
+def test_stanzas_that_run_nvcc_need_cuda_archs(write_matrix):
+    data = matrix(NVIDIA, defaults={})
+    with pytest.raises(MatrixError) as exc:
+        load_matrix(write_matrix(dump(data)))
+    assert "cuda_archs: stanza nccl-tests compiles CUDA code" in str(exc.value)
+    data = matrix(dict(NVIDIA, components={"efa": "1.47.0"}), defaults={})  # nothing compiled: fine
+    assert load_matrix(write_matrix(dump(data))).get("nv").cuda_archs == ()
+
+
+def test_dlc_base_cuda_comes_from_its_tag_and_an_explicit_image_serves_any_region(write_matrix):
+    data = matrix(dict(DLC, region="ap-southeast-7"))
+    data["bases"]["dlc-sm"].pop("ships")
+    with pytest.raises(MatrixError) as exc:
+        load_matrix(write_matrix(dump(data)))
+    assert "no Deep Learning Containers registry known for region 'ap-southeast-7'" in str(exc.value)
+    assert "bases.dlc-sm.image" in str(exc.value)
+    uri = "111122223333.dkr.ecr.ap-southeast-7.amazonaws.com/pytorch-training:2.4.0-gpu-py311-cu124-ubuntu22.04-sagemaker"
+    data["bases"]["dlc-sm"]["image"] = uri
+    spec = load_matrix(write_matrix(dump(data))).get("dl")
+    assert spec.base_image == uri
+    assert spec.versions["cuda"] == "12.4" and spec.versions["python"] == "3.11" and spec.versions["pytorch"] == "2.4.0"
