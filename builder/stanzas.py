@@ -26,7 +26,13 @@ from pathlib import Path
 
 import yaml
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+from builder.errors import BuilderError
+
+# An installed wheel carries them as builder/templates; a checkout (and an editable install)
+# reads the repository's templates/.
+_HERE = Path(__file__).resolve().parent
+TEMPLATES_DIR = next((d for d in (_HERE / "templates", _HERE.parent / "templates") if (d / "flavors").is_dir()),
+                     _HERE.parent / "templates")
 STANZA_SUFFIX = ".Dockerfile.j2"
 _META_RE = re.compile(r"\A\{#-?-{3}\n(?P<meta>.*?)\n-{3}-?#\}\n", re.S)
 
@@ -64,8 +70,8 @@ class Flavor:
     sagemaker: bool  # whether images of this flavor claim the SageMaker training contract
 
 
-class CatalogError(Exception):
-    """A broken template catalogue: a bug in the project, not user input."""
+class CatalogError(BuilderError):
+    """A broken or missing template catalogue: a bug or a broken install, not user input."""
 
 
 def _parse_meta(path: Path) -> StanzaMeta:
@@ -112,6 +118,8 @@ def load_catalog(templates_dir: Path = TEMPLATES_DIR) -> Catalog:
         meta = _parse_meta(path)
         stanzas[meta.name] = meta
     flavors = {}
+    if not stanzas or not (templates_dir / "flavors").is_dir():
+        raise CatalogError(f"no stanza templates in {templates_dir}: reinstall the package (pip install .) or run from a checkout")
     for path in sorted((templates_dir / "flavors").glob("*.yaml")):
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         missing = [s for s in data["stanzas"] if s not in stanzas]
