@@ -57,7 +57,9 @@ OFI_NEEDS_NCCL_HEADERS_BELOW = V("1.7.0")
 
 # --- EFA / NCCL environment presets (efa-cheatsheet, awsome-distributed-training) ----------
 # aws-ofi-nccl <= 1.5: FI_PROVIDER=efa and NCCL_PROTO=simple; 1.6.x: FI_EFA_USE_DEVICE_RDMA=1;
-# >= 1.7 with libfabric >= 1.18: nothing. RDMAV_FORK_SAFE only for the old stacks that needed it.
+# >= 1.7 with libfabric >= 1.18: nothing. RDMAV_FORK_SAFE=1 only on the aws-ofi-nccl <= 1.5 stacks that
+# set it (the SMDDP container of seed 000 and its mpirun -x list); new stacks must not set it
+# (libfabric handles fork safety itself, efa-cheatsheet).
 OFI_OLD_STACK_BELOW = V("1.6.0")
 OFI_DEVICE_RDMA_BELOW = V("1.7.0")
 
