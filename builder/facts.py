@@ -50,10 +50,63 @@ OFI_PLATFORM_AWS_FLAG = V("1.4.0")
 # their own copies of the headers they need.
 OFI_NEEDS_NCCL_HEADERS_BELOW = V("1.7.0")
 
-# SHA256 values of aws-efa-installer-<v>.tar.gz live in matrix.yaml (checksums.efa_installer), so
-# users add pins without a code change. They are AWS's published values ("Verify the EFA installer
-# using a checksum", EC2 user guide), cross-checked where AWS ParallelCluster's cookbook pins the same
-# version (cookbooks/aws-parallelcluster-environment/attributes/environment.rb and its history).
+# SHA256 of aws-efa-installer-<version>.tar.gz as AWS publishes them (EC2 user guide, "Verify the EFA
+# installer using a checksum"; the values AWS ParallelCluster's cookbook pins for the versions it ships).
+# Every image verifies the tarball against these; a matrix's checksums.efa_installer adds versions
+# published later (or a mirror's repackaged file) without a code change.
+EFA_INSTALLER_SHA256 = {
+    "1.47.0": "2df4201e046833c7dc8160907bee7f52b76ff80ed147376a2d0ed8a0dd66b2db",
+    "1.46.0": "8302bd7849afb95c903a875d7dcb6f85b3d7629e9a8b67d020031cfc6f4d0ee1",
+    "1.45.1": "9aeb20c645135b6039cc08986d8f14e63280f7839e882a74df5e83627ffeaa17",
+    "1.45.0": "25ba26a0877fe3317390dc126aad2f23e27fc461cf0b940004f032cb342fa539",
+    "1.44.0": "f129a5b44a49d593d247e55a59eb9bcb57121566e1c2e42b832a4e794fa83d8a",
+    "1.43.3": "6c470ebce254c7165347b5048895ac2996c88567271642297f4c597738300652",
+    "1.43.2": "de15c5bdbc83b952afbde876110830c604ad0796680e5157c05f7c1979a41069",
+    "1.43.1": "54211eda0c193138ee8ed09b5fb41c41fc76fe0a77935fa4ec8d989466342740",
+    "1.43.0": "786df3458c499237be33bb8e50ffd4da7c18c20e254380ffc80fb90833d8cc73",
+    "1.42.0": "4114fe612905ee05083ae5cb391a00a012510f3abfecc642d86c9a5ae4be9008",
+    "1.41.0": "3506354cdfbe31ff552fe75f5d0d9bb7efd29cf79bd99457347d29c751c38f9f",
+    "1.40.0": "30491b0fe7c3470d4439594538855c981b05fa69862d74f8c05eb9b97912368a",
+    "1.39.0": "2cbc028c03064633bb990782b47c36156637769e2f48704417a9c700a7a32101",
+    "1.38.1": "83923374afd388b1cfcf4b3a21a2b1ba7cf46a01a587f7b519b8386cb95e4f81",
+    "1.38.0": "4f436954f35ad53754b4d005fd8d0be63de3b4184de41a695b504bdce0fecb22",
+    "1.37.0": "2584fc3c8bb99f29b3285e275747ff09d67c18e162c2a652e36c976b72154bfb",
+    "1.36.0": "de183f333cfb58aeb7908a67bf9106985ba3ccb7f8638b851d2a0d8dbfacaec4",
+    "1.35.0": "432b6ad4368ba0cd8b902729d14a908a97be7a3dcc5239422ea994a47f35a5e1",
+    "1.34.0": "bd68839e741b0afd3ec2e37d50603803cfa7a279c120f0a736cc57c2ff2d7fdc",
+    "1.33.0": "0372877b87c6a7337bb7791d255e1053b907d030489fb2c3732ba70069185fce",
+    "1.32.0": "5f7233760be57f6fee6de8c09acbfbf59238de848e06048dc54d156ef578fc66",
+    "1.31.0": "943325bd37902a4300ac9e5715163537d56ecb4e7b87b37827c3e547aa1897bf",
+    "1.30.0": "876ab9403e07a0c3c91a1a34685a52eced890ae052df94857f6081c5f6c78a0a",
+    "1.29.1": "178b263b8c25845b63dc93b25bcdff5870df5204ec509af26f43e8d283488744",
+    "1.29.0": "836655f87015547e733e7d9f7c760e4e24697f8bbc261bb5f3560abd4206bc36",
+    "1.28.0": "2e625d2d6d3e073b5178e8e861891273d896b66d03cb1a32244fd56789f1c435",
+    "1.27.0": "1d49a97b0bf8d964d91652a79ac851f2550e33a5bf9d0cf86ec9357ff6579aa3",
+    "1.26.1": "c616994c924f54ebfabfab32b7fe8ac56947fae00a0ff453d975e298d174fc96",
+    "1.26.0": "bc1abc1f76e97d204d3755d2a9ca307fc423e51c63141f798c2f15be3715aa11",
+    "1.25.1": "d2abc553d22b89a4ce92882052c1fa6de450d3a801fe005da718b7d4b9602b06",
+    "1.25.0": "98b7b26ce031a2d6a93de2297cc71b03af647194866369ca53b60d82d45ad342",
+    "1.24.1": "120cfeec233af0955623ac7133b674143329f9561a9a8193e473060f596aec62",
+    "1.24.0": "878623f819a0d9099d76ecd41cf4f569d4c3aac0c9bb7ba9536347c50b6bf88e",
+    "1.23.1": "5ca848d8e0ff4d1571cd443c36f8d27c8cdf2a0c97e9068ebf000c303fc40797",
+    "1.23.0": "555d497a60f22e3857fdeb3dfc53aa86d05926023c68c916d15d2dc3df6525bd",
+    "1.22.1": "f90f3d5f59c031b9a964466b5401e86fd0429272408f6c207c3f9048254e9665",
+    "1.22.0": "f329e7d54a86a03ea51da6ea9a5b68fb354fbae4a57a02f9592e21fce431dc3a",
+    "1.21.0": "c64e6ca34ccfc3ebe8e82d08899ae8442b3ef552541cf5429c43d11a04333050",
+    "1.20.0": "aeefd2681ffd5c4c631d1502867db5b831621d6eb85b61fe3ec80df983d1dcf0",
+    "1.19.0": "99b77821b9e72c8dea015cc92c96193e8db307deee05b91a58094cc331f16709",
+    "1.18.0": "acb18a0808aedb9a5e485f1469225b9ac97f21db9af78e4cd6939700debe1cb6",
+    "1.17.3": "5130998b0d2883bbae189b21ab215ecbc1b01ae0231659a9b4a17b0a33ebc6ca",
+    "1.17.2": "bca1fdde8b32b00346e175e597ffab32a09a08ee9ab136875fb38283cc4cd099",
+    "1.17.1": "f29322640a88ae9279805993cb836276ea240623820848463ca686c8ce02136f",
+    "1.17.0": "75ab0cee4fb6bd38889dce313183f5d3a83bd233e0a6ef6205d8352821ea901d",
+    "1.16.0": "cecec36495a1bc6fdc82f97761a541e4fb6c9a3cbf3cfcb145acf25ea5dbd45b",
+    "1.15.2": "84df4fbc1b3741b6c073176287789a601a589313accc8e6653434e8d4c20bd49",
+    "1.15.1": "be871781a1b9a15fca342a9d169219260069942a8bda7a8ad06d4baeb5e2efd7",
+    "1.15.0": "b329862dd5729d2d098d0507fb486bf859d7c70ce18b61c302982234a3a5c88f",
+    "1.14.1": "c7b1b48e86fe4b3eaa4299d3600930919c4fe6d88cc6e2c7e4a408a3f16452c7",
+    "1.14.0": "662d62c12de85116df33780d40e0533ef7dad92709f4f613907475a7a1b60a97",
+}
 
 # --- EFA / NCCL environment presets (efa-cheatsheet, awsome-distributed-training) ----------
 # aws-ofi-nccl <= 1.5: FI_PROVIDER=efa and NCCL_PROTO=simple; 1.6.x: FI_EFA_USE_DEVICE_RDMA=1;

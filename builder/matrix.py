@@ -20,6 +20,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
 from builder import components as comp
+from builder import facts
 from builder.errors import MatrixError, UsageError
 from builder.stanzas import Catalog, load_catalog
 from builder.yamlio import LineDict, load_yaml
@@ -55,6 +56,9 @@ URL_PATH_RE = re.compile(r"^[A-Za-z0-9._~/%+-]*$")
 HOST_RE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
 PLACEHOLDER_RE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 REQUIREMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:\[[A-Za-z0-9._,-]+\])?(?:\s*(?:===?|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!-]+)*(?:\s*,\s*(?:===?|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!-]+)*$")
+
+# SHA256 values their publishers list, by source and version (the matrix may add more).
+PUBLISHED_CHECKSUMS = {"efa_installer": facts.EFA_INSTALLER_SHA256}
 
 # --- components: name -> value kind -------------------------------------------------------------
 COMPONENTS = {
@@ -742,7 +746,7 @@ def _build_spec(ctx: _Context, draft: _Draft, problems: list[Problem]) -> ImageS
             region = None
         elif comp.dlc_registry(region) is None and not (base is not None and base.image):
             err("region", f"no Deep Learning Containers registry known for region '{region}'"
-                f"{_did_you_mean(region, comp.facts.DLC_REGION_ACCOUNTS)}; "
+                f"{_did_you_mean(region, facts.DLC_REGION_ACCOUNTS)}; "
                 f"or give bases.{base_key}.image the full DLC image URI for that region")
             region = None
         if base is not None and region and not base.image:
@@ -942,9 +946,10 @@ def _resolve_sources(ctx, comps, versions, err) -> tuple[dict, dict, dict]:
             continue
         sources[key] = url
         forms[key], _ = _fill(template, {**values, "version": VERSION_SENTINEL})
-        # By file name first: one version can have several files (Miniconda per Python).
+        # By file name first: one version can have several files (Miniconda per Python). The
+        # matrix's pins come before the published ones built in.
         table = ctx.checksums.get(key) or {}
-        digest = table.get(expected) or table.get(version)
+        digest = table.get(expected) or table.get(version) or PUBLISHED_CHECKSUMS.get(key, {}).get(version)
         if digest:
             checksums[key] = digest
     return sources, forms, checksums

@@ -110,11 +110,16 @@ def test_seed_000_renders_every_step_of_the_seed(rendered):
 
 
 def test_efa_checksum_is_verified_when_pinned_and_warned_when_not(write_matrix, renderer):
+    # AWS's published value is built in; a matrix pin wins over it.
+    text = renderer.render(load_matrix(write_matrix(dump(matrix(NVIDIA)))).get("nv")).dockerfile
+    assert "ARG EFA_INSTALLER_SHA256=432b6ad4368ba0cd8b902729d14a908a97be7a3dcc5239422ea994a47f35a5e1" in text
+    assert "sha256sum -c -" in text and "WARNING" not in text
     data = matrix(NVIDIA, checksums={"efa_installer": {"1.35.0": "b" * 64}})
     text = renderer.render(load_matrix(write_matrix(dump(data))).get("nv")).dockerfile
     assert f"ARG EFA_INSTALLER_SHA256={'b' * 64}" in text and "sha256sum -c -" in text
-    text = renderer.render(load_matrix(write_matrix(dump(matrix(NVIDIA)))).get("nv")).dockerfile
-    assert "WARNING: no SHA256 is pinned for EFA installer 1.35.0" in text and "sha256sum" not in text
+    newer = with_components(NVIDIA, efa="1.99.0", aws_ofi_nccl=None)  # published after the built-in table
+    text = renderer.render(load_matrix(write_matrix(dump(matrix(newer)))).get("nv")).dockerfile
+    assert "WARNING: no SHA256 is pinned for EFA installer 1.99.0" in text and "sha256sum" not in text
 
 
 def test_network_env_follows_the_plugin_era(write_matrix, renderer):
