@@ -78,6 +78,15 @@ def test_render_one_custom_dockerfile_to_stdout(repo_root):
     assert "--- nccl-tests" not in result.output
 
 
+def test_custom_render_can_unset_a_component_to_cross_the_bundling_boundary(repo_root):
+    m = ["--matrix", str(repo_root / "matrix.yaml"), "render", "nvidia-ngc24.09-efa1.35", "--set", "efa=1.47.0"]
+    result = run(*m, "--stdout")
+    assert result.exit_code == 2 and "remove components.aws_ofi_nccl" in result.output
+    result = run(*m, "--set", "aws_ofi_nccl=", "--stdout")
+    assert result.exit_code == 0, result.output
+    assert "--- aws-ofi-nccl" not in result.output and "libnccl-net-ofi.so" in result.output
+
+
 def test_custom_render_rejects_bad_overrides_with_exit_2(repo_root):
     m = ["--matrix", str(repo_root / "matrix.yaml")]
     result = run(*m, "render", "nvidia-ngc24.09-efa1.35", "--set", "nccl=2.19.3", "--stdout")

@@ -11,13 +11,14 @@ from builder.errors import BuilderError, UsageError
 from builder.render import Renderer, dockerfile_path, generated_dirs, write_atomic
 
 
-def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
-    out = {}
+def _parse_sets(values: tuple[str, ...]) -> dict[str, str | None]:
+    """COMPONENT=VERSION pairs; COMPONENT= (empty) unsets the component, like null in the matrix."""
+    out: dict[str, str | None] = {}
     for item in values:
         key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise UsageError(f"--set {item!r}: expected component=version, e.g. --set nccl=2.23.4")
-        out[key.strip()] = value.strip()
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r}: expected component=version (or component= to unset), e.g. --set nccl=2.23.4")
+        out[key.strip()] = value.strip() or None
     return out
 
 
@@ -29,7 +30,7 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 when images/ is not what the matrix renders.")
 @click.option("--stdout", "to_stdout", is_flag=True, help="Print the Dockerfile of one image instead of writing it.")
 @click.option("--set", "sets", multiple=True, metavar="COMPONENT=VERSION",
-              help="Override a component (or base=, region=) for one image; re-validated.")
+              help="Override a component (or base=, region=) for one image; COMPONENT= unsets it. Re-validated.")
 @click.option("--with", "with_", multiple=True, metavar="STANZA", help="Switch a stanza on for one image.")
 @click.option("--without", multiple=True, metavar="STANZA", help="Switch a stanza off for one image.")
 @click.pass_obj
