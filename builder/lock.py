@@ -13,16 +13,21 @@ platform's; the digest is ``Docker-Content-Digest``, checked against the sha256 
 whenever they are fetched. A 401 carries a ``WWW-Authenticate`` challenge: ``Bearer realm=...,
 service=...,scope=...`` (fetch a token from the realm, anonymously or with the user's login) or
 ``Basic`` (send the login). Logins come from ECR's get_authorization_token for ECR registries
-(boto3) and from the Docker config file (``docker login``) for others; nothing is stored.
+(boto3) and from the Docker config file (``docker login``) for others; nothing is stored. A
+login the token service refuses (a stale ``docker login``) falls back to an anonymous token, as
+public images need none. ``--check`` only HEADs (Docker Hub counts GETs as pulls); ``lock`` GETs
+an index once to record its platforms.
 """
 
 from __future__ import annotations
 
 import base64
+import contextvars
 import hashlib
 import json
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -45,8 +50,16 @@ REF_RE = re.compile(
     r"(?P<path>[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
 )
+PATH_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
+# Names Docker itself treats as Docker Hub (the CLI's default index and its historical hosts).
+DOCKER_HUB_ALIASES = frozenset({DOCKER_HUB, "index.docker.io", DOCKER_HUB_API})
+# Where `docker login` (and Docker Desktop, pass, secretservice) keeps the Docker Hub login.
+DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
+# Far beyond any real manifest or index (NGC's multi-platform indexes are a few KiB); a bigger
+# answer is not a manifest, so it is not read into memory.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 ECR_HOST_RE = re.compile(r"^[0-9]{12}\.dkr\.ecr(?:-fips)?\.[a-z]{2}(?:-[a-z]+)+-[0-9]\.amazonaws\.com(?:\.cn)?$")
 
 
@@ -63,17 +76,23 @@ class Reference:
     @classmethod
     def parse(cls, text: str) -> "Reference":
         m = REF_RE.match(text)
-        first = text.split("/", 1)[0]
         if not m:
             raise UsageError(f"{text!r} is not an image reference like registry/repo:tag")
-        registry = m["registry"]
+        name = text.split("@", 1)[0]
+        if m["tag"]:
+            name = name[: -len(m["tag"]) - 1]
+        first, _, rest = name.partition("/")
         # Docker's rule: the first component is a registry when it has a '.' or ':' or is localhost.
-        if registry is None or not ("." in first or ":" in first or first == "localhost"):
-            registry, path = DOCKER_HUB, text.split("@")[0].rsplit(":", 1)[0] if m["tag"] else text.split("@")[0]
-            if "/" not in path:
-                path = f"library/{path}"
+        if rest and ("." in first or ":" in first or first == "localhost"):
+            registry, path = first.lower(), rest
         else:
-            path = m["path"]
+            registry, path = DOCKER_HUB, name
+        if not PATH_RE.match(path):
+            raise UsageError(f"{text!r} is not an image reference like registry/repo:tag (lowercase repository path)")
+        if registry in DOCKER_HUB_ALIASES:
+            registry = DOCKER_HUB
+            if "/" not in path:  # Docker Hub's official images live under library/
+                path = f"library/{path}"
         return cls(registry, path, m["tag"] or "latest", m["digest"])
 
     @property
@@ -103,15 +122,20 @@ def docker_login(registry: str, config: Path | None = None) -> tuple[str, str] |
         return None
     except (OSError, ValueError) as exc:
         raise BuilderError(f"cannot read the Docker config {path}: {exc}") from None
-    helper = (data.get("credHelpers") or {}).get(registry) or data.get("credsStore")
+    hub = registry in DOCKER_HUB_ALIASES
+    # Docker files the Docker Hub login under https://index.docker.io/v1/, in helpers too.
+    server = DOCKER_HUB_SERVER if hub else registry
+    helpers = data.get("credHelpers") or {}
+    keys = [DOCKER_HUB_SERVER, "index.docker.io", DOCKER_HUB, DOCKER_HUB_API] if hub else [registry]
+    helper = next((helpers[k] for k in keys if isinstance(helpers.get(k), str)), None) or data.get("credsStore")
     if isinstance(helper, str) and re.match(r"^[a-z0-9][a-z0-9_.-]*$", helper):
-        found = _helper_login(helper, registry)
+        found = _helper_login(helper, server)
         if found:
             return found
     auths = data.get("auths") or {}
     names = [registry, f"https://{registry}", f"http://{registry}", f"https://{registry}/v1/", f"https://{registry}/v2/"]
-    if registry in (DOCKER_HUB, DOCKER_HUB_API):
-        names += ["https://index.docker.io/v1/", "index.docker.io", DOCKER_HUB]
+    if hub:
+        names += [DOCKER_HUB_SERVER, "index.docker.io", DOCKER_HUB, DOCKER_HUB_API]
     for name in names:
         entry = auths.get(name)
         if isinstance(entry, dict) and entry.get("auth"):
@@ -161,15 +185,37 @@ class Credentials:
 
     def login(self, registry: str) -> tuple[str, str] | None:
         if registry not in self._cache:
-            if self.is_ecr(registry):
-                from builder.ecr import EcrApi
+            try:
+                self._cache[registry] = self._ecr_login(registry) if self.is_ecr(registry) \
+                    else docker_login(registry, self.docker_config)
+            except RegistryError as exc:
+                self._cache[registry] = exc  # one failed login per registry, not one per image
+        found = self._cache[registry]
+        if isinstance(found, RegistryError):
+            raise found
+        return found
 
-                api = EcrApi.connect(registry=registry if ECR_HOST_RE.match(registry) else None,
-                                     region=self.ecr_region, endpoint_url=self.ecr_endpoint_url)
-                self._cache[registry] = api.authorization().basic()
-            else:
-                self._cache[registry] = docker_login(registry, self.docker_config)
-        return self._cache[registry]
+    def _ecr_login(self, registry: str) -> tuple[str, str]:
+        """The AWS:<token> login from ECR's get_authorization_token. A refused or failed call
+        (no credentials, expired session, no permission) is a login failure: exit 4, like any
+        registry that refuses a login, so `lock --check` keeps exit 1 for drift alone."""
+        from builder.ecr import EcrApi
+
+        try:
+            api = EcrApi.connect(registry=registry if ECR_HOST_RE.match(registry) else None,
+                                 region=self.ecr_region, endpoint_url=self.ecr_endpoint_url)
+        except UsageError as exc:
+            if "no AWS region" in str(exc):
+                # botocore reads AWS_DEFAULT_REGION and the profile's region (not AWS_REGION).
+                raise UsageError(f"no AWS region for the ECR login to {registry}: pass --region, "
+                                 "or set AWS_DEFAULT_REGION or a region in your AWS profile") from None
+            raise
+        try:
+            return api.authorization().basic()
+        except UsageError:
+            raise
+        except BuilderError as exc:
+            raise RegistryError(f"ECR login for {registry} failed: {exc}") from None
 
 
 # --- the registry ------------------------------------------------------------------------------------
@@ -182,9 +228,11 @@ class RegistryError(BuilderError):
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """'Bearer realm="https://auth",service="reg",scope="repository:x:pull"' -> ('bearer', {...})."""
+    """'Bearer realm="https://auth",service="reg",scope="repository:x:pull"' -> ('bearer', {...}).
+    Values may also be bare tokens (RFC 7235 auth-param: token / quoted-string)."""
     scheme, _, rest = header.strip().partition(" ")
-    params = dict((k.lower(), v) for k, v in re.findall(r'([A-Za-z_]+)="([^"]*)"', rest))
+    params = {k.lower(): quoted or bare
+              for k, quoted, bare in re.findall(r'([A-Za-z_]+)\s*=\s*(?:"([^"]*)"|([^\s,"]*))', rest)}
     return scheme.lower(), params
 
 
@@ -206,14 +254,21 @@ class RegistryClient:
     """Resolves tags to digests; one requests session, one token per (registry, repository)."""
 
     def __init__(self, credentials: Credentials | None = None, timeout: float = 30,
-                 session: requests.Session | None = None):
+                 session: requests.Session | None = None, warn: Callable[[str], None] = lambda _: None):
         self.credentials = credentials or Credentials()
         self.timeout = timeout
         self.session = session or requests.Session()
+        self.warn = warn
         self._auth: dict[tuple[str, str], dict[str, str]] = {}
+        self._refused: set[str] = set()  # registries whose token service refused the user's login
 
-    def resolve(self, text: str) -> Resolved | None:
-        """Digest of the manifest (or index) text points to; None when the registry has no such tag."""
+    def resolve(self, text: str, platforms: bool = False, known: "LockEntry | None" = None) -> Resolved | None:
+        """Digest of the manifest (or index) text points to; None when the registry has no such tag.
+
+        A HEAD that names the digest is the whole answer: Docker Hub counts a manifest GET as a
+        pull (its anonymous limit is per hour), a HEAD not. The bytes are fetched only when the
+        registry sends no usable digest, or, with ``platforms``, to list a new index's platforms
+        (``known``: the lock's entry, whose platforms stand while the digest is unchanged)."""
         ref = Reference.parse(text)
         path = f"/v2/{ref.repository}/manifests/{ref.tag}"
         answer = self._request("HEAD", ref, path)
@@ -222,44 +277,73 @@ class RegistryClient:
         self._expect_ok(answer, ref, text)
         digest = answer.headers.get("Docker-Content-Digest", "")
         media_type = answer.headers.get("Content-Type", "").split(";")[0].strip()
-        platforms: dict[str, str] = {}
-        if not DIGEST_RE.match(digest) or media_type in INDEX_TYPES or not media_type:
-            # Fetch the bytes: the digest is their sha256 (some registries send no header on
-            # HEAD), and an index lists the per-platform manifests worth recording.
-            body = self._request("GET", ref, path)
-            if body.status_code == 404:
-                return None
-            self._expect_ok(body, ref, text)
-            actual = "sha256:" + hashlib.sha256(body.content).hexdigest()
-            if DIGEST_RE.match(digest) and digest != actual:
-                raise RegistryError(f"{text}: the registry's digest {digest} does not match the manifest it sent ({actual})")
-            digest = actual
-            media_type = body.headers.get("Content-Type", "").split(";")[0].strip() or media_type
-            try:
-                document = body.json()
-            except ValueError:
-                raise RegistryError(f"{text}: the registry sent a manifest that is not JSON") from None
-            media_type = document.get("mediaType") or media_type
-            if media_type in INDEX_TYPES:
-                for item in document.get("manifests") or []:
-                    plat = item.get("platform") or {}
-                    if plat.get("os") and plat.get("architecture") and DIGEST_RE.match(str(item.get("digest", ""))):
-                        key = f"{plat['os']}/{plat['architecture']}" + (f"/{plat['variant']}" if plat.get("variant") else "")
-                        platforms.setdefault(key, item["digest"])
-        return Resolved(text, digest, media_type, platforms)
+        if DIGEST_RE.match(digest) and media_type:
+            if media_type not in INDEX_TYPES or not platforms:
+                return Resolved(text, digest, media_type)
+            if known is not None and known.digest == digest and known.platforms:
+                return Resolved(text, digest, media_type, dict(known.platforms))
+        # Fetch the bytes: the digest is their sha256, and an index lists its platforms.
+        body = self._request("GET", ref, path, stream=True)
+        if body.status_code == 404:
+            body.close()
+            return None
+        self._expect_ok(body, ref, text)
+        content = self._read_manifest(body, ref, text)
+        actual = "sha256:" + hashlib.sha256(content).hexdigest()
+        if DIGEST_RE.match(digest) and digest != actual:
+            raise RegistryError(f"{text}: the registry's digest {digest} does not match the manifest it sent ({actual})")
+        media_type = body.headers.get("Content-Type", "").split(";")[0].strip() or media_type
+        try:
+            document = json.loads(content)
+        except ValueError:
+            raise RegistryError(f"{text}: the registry sent a manifest that is not JSON") from None
+        if not isinstance(document, dict):
+            raise RegistryError(f"{text}: the registry sent a manifest that is not a JSON object")
+        media_type = document.get("mediaType") or media_type
+        found: dict[str, str] = {}
+        if media_type in INDEX_TYPES:
+            for item in document.get("manifests") or []:
+                plat = (item.get("platform") or {}) if isinstance(item, dict) else {}
+                if plat.get("os") and plat.get("architecture") and DIGEST_RE.match(str(item.get("digest", ""))):
+                    key = f"{plat['os']}/{plat['architecture']}" + (f"/{plat['variant']}" if plat.get("variant") else "")
+                    found.setdefault(key, item["digest"])
+        return Resolved(text, actual, media_type, found if platforms else {})
+
+    @staticmethod
+    def _read_manifest(answer: requests.Response, ref: Reference, text: str) -> bytes:
+        too_big = RegistryError(f"{text}: {ref.api_host} sent a manifest over {MAX_MANIFEST_BYTES // (1024 * 1024)} MiB; "
+                                "that is not an image manifest")
+        try:
+            if int(answer.headers.get("Content-Length") or 0) > MAX_MANIFEST_BYTES:
+                raise too_big
+            chunks, size = [], 0
+            for chunk in answer.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > MAX_MANIFEST_BYTES:
+                    raise too_big
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except ValueError:
+            raise RegistryError(f"{text}: {ref.api_host} sent a bad Content-Length") from None
+        except requests.RequestException as exc:
+            raise RegistryError(f"cannot read the manifest of {text} from {ref.api_host}: {type(exc).__name__}") from None
+        finally:
+            answer.close()
 
     # -- HTTP with the registry's challenge answered -------------------------------------------------
 
-    def _request(self, method: str, ref: Reference, path: str) -> requests.Response:
+    def _request(self, method: str, ref: Reference, path: str, stream: bool = False) -> requests.Response:
         key = (ref.api_host, ref.repository)
-        answer = self._send(method, ref, path, self._auth.get(key, {}))
+        answer = self._send(method, ref, path, self._auth.get(key, {}), stream)
         if answer.status_code != 401:
             return answer
+        answer.close()
         challenge = answer.headers.get("WWW-Authenticate", "")
         scheme, params = parse_challenge(challenge)
         login = self.credentials.login(ref.api_host)
         if scheme == "bearer":
-            headers = {"Authorization": f"Bearer {self._token(ref, params, login)}"}
+            token, login = self._token(ref, params, login)
+            headers = {"Authorization": f"Bearer {token}"}
         elif scheme == "basic":
             if login is None:
                 raise RegistryError(self._needs_login(ref))
@@ -268,20 +352,29 @@ class RegistryClient:
         else:
             raise RegistryError(f"{ref.api_host} asked for {scheme or 'an unknown'} authentication, which this tool does not speak")
         self._auth[key] = headers
-        answer = self._send(method, ref, path, headers)
+        answer = self._send(method, ref, path, headers, stream)
         if answer.status_code == 401:
+            answer.close()
+            if ref.api_host in self._refused:
+                raise RegistryError(f"{ref.api_host} refused an anonymous pull of {ref.repository}, and its token "
+                                    f"service refused your login; run 'docker login {ref.registry}' again")
             raise RegistryError(f"{ref.api_host} refused the credentials for {ref.repository}"
                                 + ("" if login else f"; {self._needs_login(ref)}"))
         return answer
 
-    def _send(self, method: str, ref: Reference, path: str, headers: Mapping[str, str]) -> requests.Response:
+    def _send(self, method: str, ref: Reference, path: str, headers: Mapping[str, str],
+              stream: bool = False) -> requests.Response:
         try:
             return self.session.request(method, ref.url + path, headers={"Accept": ACCEPT, **headers},
-                                        timeout=self.timeout, allow_redirects=True)
+                                        timeout=self.timeout, allow_redirects=True, stream=stream)
         except requests.RequestException as exc:
             raise RegistryError(f"cannot reach {ref.api_host}: {type(exc).__name__}") from None
 
-    def _token(self, ref: Reference, params: Mapping[str, str], login: tuple[str, str] | None) -> str:
+    def _token(self, ref: Reference, params: Mapping[str, str],
+               login: tuple[str, str] | None) -> tuple[str, tuple[str, str] | None]:
+        """A token from the challenge's realm, and the login it was got with. A login the token
+        service refuses (a stale 'docker login') is dropped for an anonymous token, which is all
+        a public image needs; the registry then decides."""
         realm = params.get("realm", "")
         parts = urlsplit(realm)
         if parts.scheme not in ("https", "http") or not parts.hostname:
@@ -292,23 +385,33 @@ class RegistryClient:
         query = {"scope": params.get("scope") or f"repository:{ref.repository}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
+        if ref.api_host in self._refused:
+            login = None
         try:
             answer = self.session.get(realm, params=query, auth=login, timeout=self.timeout)
+            if answer.status_code in (401, 403) and login is not None:
+                self._refused.add(ref.api_host)
+                self.warn(f"the token service of {ref.api_host} refused your login for {ref.registry} "
+                          f"(stale 'docker login'?); trying anonymously")
+                login = None
+                answer = self.session.get(realm, params=query, timeout=self.timeout)
         except requests.RequestException as exc:
             raise RegistryError(f"cannot reach the token service {parts.netloc} of {ref.api_host}: {type(exc).__name__}") from None
         if answer.status_code in (401, 403):
             raise RegistryError(f"the token service of {ref.api_host} refused "
-                                + ("the login" if login else f"an anonymous pull of {ref.repository}; {self._needs_login(ref)}"))
+                                + (f"the login and an anonymous pull of {ref.repository}; run 'docker login {ref.registry}' again"
+                                   if ref.api_host in self._refused
+                                   else f"an anonymous pull of {ref.repository}; {self._needs_login(ref)}"))
         if answer.status_code != 200:
             raise RegistryError(f"the token service of {ref.api_host} answered HTTP {answer.status_code}")
         try:
             data = answer.json()
         except ValueError:
             data = {}
-        token = data.get("token") or data.get("access_token")
-        if not token:
+        token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
+        if not token or not isinstance(token, str):
             raise RegistryError(f"the token service of {ref.api_host} sent no token")
-        return token
+        return token, login
 
     def _needs_login(self, ref: Reference) -> str:
         if self.credentials.is_ecr(ref.api_host):
@@ -319,6 +422,7 @@ class RegistryClient:
     def _expect_ok(answer: requests.Response, ref: Reference, text: str) -> None:
         if answer.status_code == 200:
             return
+        answer.close()
         if answer.status_code == 403:
             raise RegistryError(f"{ref.api_host} denied access to {text} (HTTP 403)")
         if answer.status_code == 429:
@@ -354,21 +458,26 @@ class LockEntry:
 
 def read_lock(path: Path) -> dict[str, LockEntry] | None:
     """The lock's entries (tag reference -> entry), or None when there is no lock file."""
+    path = Path(path)
+    rewrite = "fix it, or run 'builder lock' (no image names) to rewrite it from the matrix"
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: not a readable lock file ({exc}); fix it or run 'builder lock' to rewrite it") from None
+        raise UsageError(f"{path}: not a readable lock file ({exc}); {rewrite}") from None
     if not isinstance(data, dict) or data.get("schema") != LOCK_SCHEMA or not isinstance(data.get("images"), dict):
-        raise UsageError(f"{path}: expected {{\"schema\": {LOCK_SCHEMA}, \"images\": {{...}}}}; run 'builder lock' to rewrite it")
+        raise UsageError(f"{path}: expected {{\"schema\": {LOCK_SCHEMA}, \"images\": {{...}}}}; {rewrite}")
     entries = {}
     for ref, entry in data["images"].items():
         digest = entry.get("digest") if isinstance(entry, dict) else None
         if not REF_RE.match(ref) or "@" in ref or not isinstance(digest, str) or not DIGEST_RE.match(digest):
-            raise UsageError(f"{path}: entry {ref!r} needs a tag reference and a sha256 digest; run 'builder lock'")
-        entries[ref] = LockEntry(digest, str(entry.get("media_type", "")), dict(entry.get("platforms") or {}),
-                                 tuple(entry.get("bases") or ()))
+            raise UsageError(f"{path}: entry {ref!r} needs a tag reference and a sha256 digest; {rewrite}")
+        platforms = entry.get("platforms") or {}
+        bases = entry.get("bases") or ()
+        if not isinstance(platforms, dict) or not isinstance(bases, (list, tuple)):
+            raise UsageError(f"{path}: entry {ref!r} has malformed platforms or bases; {rewrite}")
+        entries[ref] = LockEntry(digest, str(entry.get("media_type", "")), dict(platforms), tuple(map(str, bases)))
     return entries
 
 
@@ -385,13 +494,65 @@ def lock_text(entries: Mapping[str, LockEntry]) -> str:
 
 # --- pinning specs (called by builder.matrix.load_matrix) ---------------------------------------------
 
+# Set while `builder lock` loads the matrix: it wants the bases as the matrix writes them (and
+# must be able to rewrite a broken lock), so the lock file is not read then.
+_LOCK_IGNORED: contextvars.ContextVar[bool] = contextvars.ContextVar("builder_lock_ignored", default=False)
 
-def pin_specs(matrix_path: Path, specs: Sequence):
-    """The specs with each locked base image pinned to tag@digest; unchanged without a lock file."""
-    entries = read_lock(lock_path(matrix_path))
+
+@contextmanager
+def lock_ignored():
+    token = _LOCK_IGNORED.set(True)
+    try:
+        yield
+    finally:
+        _LOCK_IGNORED.reset(token)
+
+
+def pin_specs(matrix_path: Path, specs: Sequence, problems: list | None = None):
+    """The specs with each locked base image pinned to tag@digest; unchanged without a lock file.
+
+    With ``problems`` (all of the matrix's specs), a lock out of step with the matrix is added
+    there as warnings: a base with no entry for its exact image renders unpinned, and an entry
+    no base uses is dead; neither may pass in silence."""
+    if _LOCK_IGNORED.get():
+        return list(specs)
+    path = lock_path(matrix_path)
+    entries = read_lock(path)
     if entries is None:
         return list(specs)
+    if problems is not None:
+        from builder.matrix import Problem
+
+        file = path.name if path.parent.resolve() == Path.cwd().resolve() else str(path)
+        problems.extend(Problem(file, 0, None, None, message, "warning") for message in lock_gaps(specs, entries))
     return [pin(spec, entries) for spec in specs]
+
+
+def lock_gaps(specs: Sequence, entries: Mapping[str, LockEntry]) -> list[str]:
+    """What the lock does not cover: bases whose exact image has no entry (saying which entry
+    their base was locked under before, when the tag changed) and entries no base uses."""
+    in_use: dict[str, set[str]] = {}  # tag reference -> base keys (unpinned bases only)
+    for spec in specs:
+        if "@" not in spec.base.image:
+            in_use.setdefault(spec.base.image, set()).add(spec.base.key)
+    unused = {ref: entry for ref, entry in entries.items() if ref not in in_use}
+    explained: set[str] = set()
+    out = []
+    for ref, keys in sorted(in_use.items()):
+        if ref in entries:
+            continue
+        for key in sorted(keys):
+            before = sorted(old for old, entry in unused.items() if key in entry.bases)
+            if before:
+                explained.update(before)
+                out.append(f"base {key} is locked as {' and '.join(before)} but the matrix now says {ref}; "
+                           "run 'builder lock'")
+            else:
+                out.append(f"base {key} ({ref}) has no entry, so its images render unpinned; run 'builder lock'")
+    for ref in sorted(set(unused) - explained):
+        owners = f" (locked for base {', '.join(unused[ref].bases)})" if unused[ref].bases else ""
+        out.append(f"entry {ref}{owners} is used by no image; run 'builder lock' to drop it")
+    return out
 
 
 def pin(spec, entries: Mapping[str, LockEntry]):
@@ -430,9 +591,10 @@ def bases_in_use(specs: Iterable, entries: Mapping[str, LockEntry] | None) -> di
 @dataclass(frozen=True)
 class Finding:
     ref: str
-    state: str  # locked | unchanged | moved | new | missing | unlocked | unused
+    state: str  # new | unchanged | moved | missing | unlocked | unused | removed | error
     digest: str | None = None  # what the registry says now
     locked: str | None = None  # what the lock says
+    message: str | None = None  # why the registry could not be asked (state error)
 
     @property
     def drift(self) -> bool:
@@ -448,21 +610,33 @@ class Finding:
             return f"{self.ref}: not in the lock file (registry: {self.digest})"
         if self.state == "unused":
             return f"{self.ref}: locked but no image uses it"
+        if self.state == "removed":
+            return f"{self.ref}: removed from the lock (no image uses it now)"
+        if self.state == "error":
+            return f"{self.ref}: not checked: {self.message}"
         return f"{self.ref}: {self.state} {self.digest or self.locked}"
 
     def to_dict(self) -> dict:
-        return {"ref": self.ref, "state": self.state, "digest": self.digest, "locked": self.locked}
+        out = {"ref": self.ref, "state": self.state, "digest": self.digest, "locked": self.locked}
+        if self.message:
+            out["message"] = self.message
+        return out
 
 
 def check(refs: Mapping[str, tuple[str, ...]], entries: Mapping[str, LockEntry] | None, client: RegistryClient,
           progress: Callable[[str], None] = lambda _: None) -> list[Finding]:
-    """Compare the registry with the lock for every base in use; nothing is written."""
+    """Compare the registry with the lock for every base in use; nothing is written. A registry
+    that cannot be asked is one 'error' finding; the other registries are still checked."""
     entries = entries or {}
     findings = []
     for ref in refs:
         progress(f"resolving {ref}")
-        now = client.resolve(ref)
         locked = entries.get(ref)
+        try:
+            now = client.resolve(ref)
+        except RegistryError as exc:
+            findings.append(Finding(ref, "error", None, locked.digest if locked else None, str(exc)))
+            continue
         if now is None:
             findings.append(Finding(ref, "missing", None, locked.digest if locked else None))
         elif locked is None:
@@ -477,24 +651,40 @@ def check(refs: Mapping[str, tuple[str, ...]], entries: Mapping[str, LockEntry] 
 
 
 def relock(refs: Mapping[str, tuple[str, ...]], entries: Mapping[str, LockEntry] | None, client: RegistryClient,
-           prune: bool, progress: Callable[[str], None] = lambda _: None) -> tuple[dict[str, LockEntry], list[Finding]]:
+           prune: bool, progress: Callable[[str], None] = lambda _: None,
+           in_use: Iterable[str] | None = None) -> tuple[dict[str, LockEntry], list[Finding]]:
     """Resolve every ref and return the new lock entries and what changed. A tag the registry
-    does not have is an error: a lock with a hole would render some images unpinned."""
+    does not have is an error: a lock with a hole would render some images unpinned.
+
+    ``prune`` (the whole matrix) drops every entry not in ``refs``. Otherwise (some images)
+    entries of the same bases that no image of the matrix uses any more (``in_use``: every ref
+    of the matrix) are dropped: after a base's tag changed, its old entry would only mislead."""
     old = dict(entries or {})
-    new = {} if prune else dict(old)
-    findings, missing = [], []
+    if prune:
+        new: dict[str, LockEntry] = {}
+    else:
+        keys = {key for bases in refs.values() for key in bases}
+        used = set(in_use if in_use is not None else refs) | set(refs)
+        new = {ref: e for ref, e in old.items() if ref in used or not keys & set(e.bases)}
+    findings, missing, failed = [], [], []
     for ref, bases in refs.items():
         progress(f"resolving {ref}")
-        now = client.resolve(ref)
+        before = old.get(ref)
+        try:
+            now = client.resolve(ref, platforms=True, known=before)
+        except RegistryError as exc:
+            failed.append(f"{ref}: {exc}")
+            continue
         if now is None:
             missing.append(ref)
             continue
         new[ref] = LockEntry(now.digest, now.media_type, dict(now.platforms), bases)
-        before = old.get(ref)
         state = "new" if before is None else ("unchanged" if before.digest == now.digest else "moved")
         findings.append(Finding(ref, state, now.digest, before.digest if before else None))
+    if failed:
+        raise RegistryError("nothing written; these bases could not be resolved:\n" + "\n".join(failed)
+                            + ("".join(f"\n{ref}: the registry has no such tag" for ref in missing)))
     if missing:
         raise BuilderError("the registry has no such tag: " + ", ".join(missing) + "; fix the base image in the matrix")
-    if prune:
-        findings += [Finding(ref, "unused", None, old[ref].digest) for ref in sorted(set(old) - set(new))]
+    findings += [Finding(ref, "removed", None, old[ref].digest) for ref in sorted(set(old) - set(new))]
     return new, findings

@@ -385,9 +385,10 @@ def load_matrix(path: Path | str, catalog: Catalog | None = None) -> Matrix:
         raise MatrixError(errors)
     from builder.lock import pin_specs  # matrix.lock.json, when present, pins bases by digest
 
+    pinned = pin_specs(path, specs, problems)  # adds a warning for each gap between lock and matrix
     return Matrix(
         path=path,
-        images=tuple(pin_specs(path, specs)),
+        images=tuple(pinned),
         warnings=tuple(p for p in problems if p.severity == "warning"),
         catalog=catalog,
         _drafts=by_name,

@@ -5,7 +5,8 @@ The token server is test-only and real in every way the registry checks: it sign
 with a key whose self-signed certificate is the registry's ``rootcertbundle`` and sends it in
 the ``x5c`` header; the registry verifies signature, issuer, audience, expiry and the granted
 actions. Like Docker Hub, it grants ``pull`` to anonymous callers and ``pull,push`` to a caller
-with the right Basic login, and answers 401 to a wrong one.
+with the right Basic login, and answers 401 to a wrong one; an anonymous caller gets a token
+without access to a ``private`` repository, which the registry then refuses.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class TokenServer:
         self.port = free_port()
         self.realm = f"http://127.0.0.1:{self.port}/token"
         self.requests: list[dict] = []  # what was asked: scope and whether a login came with it
+        self.private: set[str] = set()  # repositories an anonymous caller gets no access to
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -89,7 +91,8 @@ class TokenServer:
             kind, _, rest = scope.partition(":")
             repo, _, actions = rest.rpartition(":")
             wanted = set(actions.split(","))
-            granted = sorted(wanted & ({"pull", "push"} if login else {"pull"}))
+            allowed = {"pull", "push"} if login else (set() if repo in self.private else {"pull"})
+            granted = sorted(wanted & allowed)
             access.append({"type": kind, "name": repo, "actions": granted})
         self.requests.append({"scope": query.get("scope", []), "login": login})
         now = int(time.time())
@@ -180,14 +183,18 @@ class AuthRegistry:
 
 def cheap_bcrypt(password: str) -> str:
     """htpasswd wants bcrypt; the lowest cost (2^4) keeps each Basic-auth request fast (the
-    registry checks the hash on every request, the engine's push makes dozens)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt
-
-    return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+    registry checks the hash on every request, the engine's push makes dozens). Apache's
+    htpasswd when installed (apache2-utils), else PyPI's bcrypt (the test extra); Python's
+    crypt module is gone since 3.13."""
+    if _has("htpasswd"):
+        line = subprocess.run(["htpasswd", "-niBC", "4", "builder"], input=password, capture_output=True,
+                              text=True, timeout=60, check=True).stdout.strip()
+        return line.partition(":")[2]
+    try:
+        import bcrypt
+    except ImportError:
+        need(False, "no bcrypt for the registry's htpasswd: install apache2-utils or pip install -e '.[test]'")
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
 
 
 def _has(tool: str) -> bool:

@@ -118,9 +118,22 @@ def test_token_auth_anonymous_and_with_login(tmp_path, engine, images, token_reg
     assert logged_in.returncode == 0, logged_in.stderr
     assert token_registry.tokens.requests == [{"scope": ["repository:team/base:pull"], "login": token_registry.username}]
 
-    wrong = lock(matrix, "--check", "nv-efa1.35",
-                 env={"DOCKER_CONFIG": str(token_registry.docker_config(tmp_path / "bad", password="wrong"))})
-    assert wrong.returncode == 4 and "token service" in wrong.stderr and "refused the login" in wrong.stderr
+    # A stale login the token service refuses: a public image still resolves anonymously.
+    bad = {"DOCKER_CONFIG": str(token_registry.docker_config(tmp_path / "bad", password="wrong"))}
+    token_registry.tokens.requests.clear()
+    stale = lock(matrix, "--check", "nv-efa1.35", env=bad)
+    assert stale.returncode == 0, stale.stderr
+    assert "refused your login" in stale.stderr and "trying anonymously" in stale.stderr
+    assert token_registry.tokens.requests == [{"scope": ["repository:team/base:pull"], "login": None}]
+    # ... but not a private one: the error names the refused login.
+    token_registry.tokens.private.add("team/base")
+    refused = lock(matrix, "--check", "nv-efa1.35", env=bad)
+    assert refused.returncode == 4, refused.stderr
+    assert "refused your login" in refused.stderr and f"run 'docker login {token_registry.host}' again" in refused.stderr
+    anonymous = lock(matrix, "--check", "nv-efa1.35", env={"DOCKER_CONFIG": str(tmp_path / "empty")})
+    assert anonymous.returncode == 4 and f"log in with 'docker login {token_registry.host}'" in anonymous.stderr
+    assert "Traceback" not in refused.stderr + anonymous.stderr
+    token_registry.tokens.private.clear()
 
     missing = write_project(tmp_path / "gone", ngc_image=f"{token_registry.host}/team/base:9")
     gone = lock(missing, "nv-efa1.35", env={"DOCKER_CONFIG": str(config)})
@@ -141,6 +154,21 @@ def test_ecr_login_through_the_ecr_api(tmp_path, engine, images):
         # The same registry without --ecr-registry: no docker login, so the registry refuses.
         plain = run_builder("--matrix", str(matrix), "lock", "--check", "nv-efa1.35", env=env)
         assert plain.returncode == 4 and "docker login" in plain.stderr
+        # No AWS credentials at all: the ECR login fails, which is exit 4 (a registry could not
+        # be asked), not 1, which --check keeps for a moved tag.
+        bare = {"DOCKER_CONFIG": str(tmp_path / "empty"), "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "",
+                "AWS_SESSION_TOKEN": "", "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                "AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL_ECR": moto.endpoint}
+        for args in (["--check"], []):
+            nocreds = run_builder("--matrix", str(matrix), "lock", *args, "nv-efa1.35", "--ecr-registry", registry.host,
+                                  env=bare)
+            assert nocreds.returncode == 4, nocreds.stderr
+            assert f"ECR login for {registry.host} failed" in nocreds.stderr and "AWS credentials" in nocreds.stderr
+            assert "Traceback" not in nocreds.stderr
+        noregion = run_builder("--matrix", str(matrix), "lock", "--check", "nv-efa1.35", "--ecr-registry", registry.host,
+                               env={**bare, "AWS_DEFAULT_REGION": "", "AWS_REGION": ""})
+        assert noregion.returncode == 2 and "AWS_DEFAULT_REGION" in noregion.stderr, noregion.stderr
     finally:
         registry.stop()
         moto.stop()
@@ -149,30 +177,97 @@ def test_ecr_login_through_the_ecr_api(tmp_path, engine, images):
 def test_a_multi_platform_tag_locks_the_index_digest(tmp_path, engine, images, basic_registry):
     """A tag holding a manifest list: the lock keeps the list's digest (what FROM resolves per
     platform) and records each platform's manifest digest."""
-    import hashlib
-
-    import requests
-
-    amd64 = basic_registry.push(engine, images[0], "team/base", "single")
-    auth = (basic_registry.username, basic_registry.password)
-    url = f"http://{basic_registry.host}/v2/team/base/manifests"
-    manifest = requests.get(f"{url}/{amd64}", auth=auth, timeout=30,
-                            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
-    assert manifest.status_code == 200
-    media_type = "application/vnd.docker.distribution.manifest.list.v2+json"
-    index = json.dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": [
-        {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "size": len(manifest.content),
-         "digest": amd64, "platform": {"architecture": "amd64", "os": "linux"}},
-    ]}).encode()
-    put = requests.put(f"{url}/multi", data=index, auth=auth, headers={"Content-Type": media_type}, timeout=30)
-    assert put.status_code == 201, put.text
-    index_digest = "sha256:" + hashlib.sha256(index).hexdigest()
-    assert put.headers["Docker-Content-Digest"] == index_digest
-
+    index_digest, amd64 = _index(basic_registry, engine, images)
     base = f"{basic_registry.host}/team/base:multi"
     matrix = write_project(tmp_path / "proj", ngc_image=base)
     result = lock(matrix, "nv-efa1.35", env={"DOCKER_CONFIG": str(basic_registry.docker_config(tmp_path / "login"))})
     assert result.returncode == 0, result.stderr
     entry = json.loads(lock_path(matrix).read_text())["images"][base]
-    assert entry == {"digest": index_digest, "media_type": media_type, "platforms": {"linux/amd64": amd64},
+    assert entry == {"digest": index_digest, "media_type": INDEX, "platforms": {"linux/amd64": amd64},
                      "bases": ["ngc"]}
+
+
+def _index(registry, engine, images):
+    """Push one image and a manifest list over it under team/base:multi; (index digest, amd64 digest)."""
+    import hashlib
+
+    import requests
+
+    amd64 = registry.push(engine, images[0], "team/base", "single")
+    auth = (registry.username, registry.password)
+    url = f"http://{registry.host}/v2/team/base/manifests"
+    manifest = requests.get(f"{url}/{amd64}", auth=auth, timeout=30,
+                            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    assert manifest.status_code == 200
+    index = json.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": [
+        {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "size": len(manifest.content),
+         "digest": amd64, "platform": {"architecture": "amd64", "os": "linux"}},
+    ]}).encode()
+    put = requests.put(f"{url}/multi", data=index, auth=auth, headers={"Content-Type": INDEX}, timeout=30)
+    assert put.status_code == 201, put.text
+    return "sha256:" + hashlib.sha256(index).hexdigest(), amd64
+
+
+INDEX = "application/vnd.docker.distribution.manifest.list.v2+json"
+
+
+def test_check_only_heads_and_lock_gets_an_index_once(tmp_path, engine, images, basic_registry):
+    """Docker Hub counts manifest GETs as pulls: --check sends HEADs only; lock GETs a new
+    index once for its platforms and not again while its digest stands."""
+    import requests
+
+    from builder.lock import Credentials, LockEntry, RegistryClient, check, relock
+
+    index_digest, amd64 = _index(basic_registry, engine, images)
+    ref = f"{basic_registry.host}/team/base:multi"
+    methods: list[str] = []
+    session = requests.Session()
+    session.hooks["response"].append(lambda answer, *args, **kwargs: methods.append(answer.request.method))
+    config = basic_registry.docker_config(tmp_path / "login")
+    client = RegistryClient(Credentials(docker_config=config / "config.json"), session=session)
+
+    entries, _ = relock({ref: ("ngc",)}, None, client, prune=True)
+    assert entries[ref] == LockEntry(index_digest, INDEX, {"linux/amd64": amd64}, ("ngc",))
+    assert methods.count("GET") == 1
+
+    methods.clear()
+    findings = check({ref: ("ngc",)}, entries, client)
+    assert [f.state for f in findings] == ["unchanged"]
+    assert methods and set(methods) == {"HEAD"}
+
+    methods.clear()
+    again, _ = relock({ref: ("ngc",)}, entries, client, prune=True)
+    assert again == entries and set(methods) == {"HEAD"}
+
+
+def test_check_reports_every_registry(tmp_path, engine, images, basic_registry):
+    """One registry down: the other base is still checked and reported; exit 4, or 1 when the
+    reachable one moved (drift is what --check is for)."""
+    from push_support import free_port
+
+    first = basic_registry.push(engine, images[0], "team/base", "1")
+    base = f"{basic_registry.host}/team/base:1"
+    down = f"127.0.0.1:{free_port()}/team/dlc:2.4.0"
+    matrix = write_project(tmp_path / "proj", ngc_image=base, dlc_image=down)
+    env = {"DOCKER_CONFIG": str(basic_registry.docker_config(tmp_path / "login"))}
+    lock_path(matrix).write_text(json.dumps({"schema": 1, "images": {
+        base: {"digest": first, "bases": ["ngc"]}, down: {"digest": "sha256:" + "ab" * 32, "bases": ["dlc-sm"]}}}))
+
+    result = lock(matrix, "--check", "--json", env=env)
+    assert result.returncode == 4, result.stderr
+    findings = {f["ref"]: f for f in json.loads(result.stdout)["findings"]}
+    assert findings[base]["state"] == "unchanged"
+    assert findings[down]["state"] == "error" and "cannot reach" in findings[down]["message"]
+    assert "1 of 2 base images could not be checked; 1 match matrix.lock.json" in result.stderr
+
+    basic_registry.push(engine, images[1], "team/base", "1")
+    moved = lock(matrix, "--check", env=env)
+    assert moved.returncode == 1, moved.stderr
+    assert f"{base}: tag moved" in moved.stdout and f"{down}: not checked: cannot reach" in moved.stdout
+    assert "1 of 2 base images differ from matrix.lock.json (1 more could not be checked)" in moved.stderr
+
+    # lock itself writes nothing when a registry cannot be asked.
+    before = lock_path(matrix).read_text()
+    relock = lock(matrix, env=env)
+    assert relock.returncode == 4 and "nothing written" in relock.stderr and down in relock.stderr
+    assert lock_path(matrix).read_text() == before
