@@ -127,6 +127,115 @@ def test_hard_links_special_modes_and_read_only_dirs(tmp_path):
         build(tmp_path / "c", layer(("x", H, "missing", 0o644)))
 
 
+def test_hard_link_to_a_symlink_never_changes_its_target(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("host file")
+    victim.chmod(0o600)
+    root = build(tmp_path, layer(("s", L, str(victim), 0o777), ("h", H, "s", 0o6777)))
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600 and victim.read_text() == "host file"
+    assert os.readlink(root / "h") == str(victim)  # a second name of the symlink, as the engine makes it
+    assert os.lstat(root / "h").st_ino == os.lstat(root / "s").st_ino
+
+
+@pytest.mark.parametrize("whiteout", [".wh.", ".wh..", "a/.wh.", "a/.wh..", "a/.wh./"])
+def test_whiteouts_naming_nothing_or_a_parent_are_refused(tmp_path, whiteout):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    keep = tmp_path / "keep-me"
+    keep.write_text("!")
+    lower = layer(("a", D, None, 0o755), ("a/x", F, b"x", 0o644))
+    hostile = layer((whiteout, F, b"", 0), ("a", L, str(outside), 0o777), ("a/pwned", F, b"!", 0o644))
+    with pytest.raises(BuilderError, match="invalid whiteout"):
+        build(tmp_path, lower, hostile)
+    assert list(outside.iterdir()) == [] and keep.read_text() == "!"
+    assert (tmp_path / "rootfs/a/x").read_text() == "x"
+
+
+def test_symlinked_parent_planted_in_the_same_layer_stays_inside(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    lower = layer(("a", D, None, 0o755), ("a/x", F, b"x", 0o644))
+    upper = layer(("a", L, str(outside), 0o777), ("a/pwned", F, b"!", 0o644), ("a/sub/deep", F, b"d", 0o644),
+                  ("a/.wh.x", F, b"", 0), ("a/sub/.wh..wh..opq", F, b"", 0))
+    root = build(tmp_path, lower, upper)
+    assert list(outside.iterdir()) == []
+    assert tree(root) == {"a": "dir", "a/pwned": "!", "a/sub": "dir", "a/sub/deep": "d"}
+
+
+def test_opaque_marker_keeps_this_layers_entries_without_their_folder_header(tmp_path):
+    lower = layer(("d", D, None, 0o755), ("d/sub", D, None, 0o755), ("d/sub/old", F, b"old", 0o644),
+                  ("d/gone", F, b"g", 0o644))
+    upper = layer(("d/sub/new", F, b"new", 0o644), ("d/.wh..wh..opq", F, b"", 0), ("x/y/z", F, b"z", 0o644),
+                  ("x/.wh.y", F, b"", 0))
+    root = build(tmp_path, lower, upper)
+    assert tree(root) == {"d": "dir", "d/sub": "dir", "d/sub/new": "new", "x": "dir", "x/y": "dir", "x/y/z": "z"}
+
+
+def test_opaque_root_marker_is_applied_not_mistaken_for_aufs_metadata(tmp_path):
+    root = build(tmp_path, layer(("old", F, b"o", 0o644)), layer(("new", F, b"n", 0o644), (".wh..wh..opq", F, b"", 0)))
+    assert tree(root) == {"new": "n"}
+
+
+def test_aufs_metadata_is_dropped_and_its_hard_links_resolved(tmp_path):
+    lower = layer(("etc", D, None, 0o755), ("etc/a", F, b"a", 0o644))
+    upper = layer((".wh..wh.plnk", D, None, 0o700), (".wh..wh.plnk/1234.5678", F, b"linked", 0o640),
+                  (".wh..wh.aufs", F, b"", 0o600), (".wh..wh.orph", D, None, 0o700),
+                  ("etc/b", H, ".wh..wh.plnk/1234.5678", 0o640))
+    root = build(tmp_path, lower, upper)
+    assert tree(root) == {"etc": "dir", "etc/a": "a", "etc/b": "linked"}
+
+
+def test_workdir_under_an_absolute_image_symlink_resolves_inside_the_root(tmp_path):
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    b = RootfsBuilder(root)
+    b.apply(layer(("data", D, None, 0o755), ("opt", D, None, 0o755), ("opt/link", L, "/data", 0o777),
+                  ("up", L, "../../..", 0o777), ("file", F, b"f", 0o644)))
+    b.ensure_dir("/opt/link/sub")
+    b.ensure_dir("/up/made")  # '..' stops at the image's root
+    b.ensure_dir("/file/below")  # a file in the way: left alone (enroot's /etc/rc fails the cd, as docker would)
+    b.finish()
+    assert os.readlink(root / "opt/link") == "/data" and (root / "data/sub").is_dir()
+    assert (root / "made").is_dir() and (root / "file").read_text() == "f"
+    assert stat.S_IMODE((root / "data/sub").stat().st_mode) == 0o755
+
+
+def test_zstd_layer_is_one_clear_error(tmp_path):
+    with pytest.raises(BuilderError, match="zstd-compressed.*--source container"):
+        build(tmp_path, io.BytesIO(b"\x28\xb5\x2f\xfd" + b"\0" * 100))
+
+
+def test_not_root_unreadable_entries_are_opened_up_and_their_modes_kept(tmp_path):
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    b = RootfsBuilder(root)
+    b._is_root = False  # the decision a non-root exporter makes; the real thing runs in test_export_docker
+    b.apply(layer(("etc", D, None, 0o755), ("etc/shadow", F, b"s", 0o000), ("priv", D, None, 0o000),
+                  ("priv/x", F, b"x", 0o200), ("ok", F, b"o", 0o644)))
+    b.finish()
+    assert sorted(b.mode_fixes) == [("etc/shadow", 0o000), ("priv", 0o000), ("priv/x", 0o200)]
+    assert stat.S_IMODE((root / "etc/shadow").stat().st_mode) == 0o400
+    assert stat.S_IMODE((root / "priv").stat().st_mode) == 0o500
+
+
+def test_work_tree_with_read_only_and_unlistable_folders_is_removed(tmp_path):
+    from builder.export import tree as tree_mod
+
+    work = tmp_path / "work"
+    (work / "usr/bin").mkdir(parents=True)
+    (work / "usr/bin/tool").write_text("t")
+    (work / "priv").mkdir()
+    (work / "priv/x").write_text("x")
+    (work / "link").symlink_to(tmp_path / "outside")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside/keep").write_text("k")
+    (work / "usr/bin").chmod(0o555)
+    (work / "priv").chmod(0o000)
+    tree_mod.remove_tree(work)
+    assert not work.exists() and (tmp_path / "outside/keep").read_text() == "k"
+    tree_mod.remove_tree(work)  # already gone: fine
+
+
 def test_enroot_files_written_safely(tmp_path):
     root = tmp_path / "rootfs"
     root.mkdir()
