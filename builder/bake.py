@@ -9,11 +9,17 @@ rendered silently on the side.
 Format: the JSON form of the Bake file reference (docs.docker.com/build/bake/reference/):
 ``group`` and ``target`` properties; target attributes ``context``, ``dockerfile``, ``args``,
 ``tags``, ``labels``, ``platforms``, ``cache-from``, ``cache-to``, ``description``, ``network``.
+
+Paths: bake resolves ``context`` from the folder it runs in, not from the bake file's folder, so
+every target's context is ``.``: run ``docker buildx bake -f FILE`` from the matrix's folder.
+
+Cache: a registry cache is read only from a repository the user named (``--cache-ref``, or the
+image's own tag under ``--registry``); a bare tag would mean Docker Hub, where anyone who owns the
+namespace could feed layers into the build.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +32,22 @@ from builder.render import Renderer, dockerfile_path
 # buildx accepts only these characters in target and group names (bake.go, targetNamePattern);
 # image names may hold dots, so a target name swaps them for underscores.
 TARGET_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
-# A registry cache reference: [host[:port]/]path (no tag: one tag per target is added).
+# A registry cache reference: host[:port]/path, fully qualified (a host with a '.' or a port,
+# or localhost), no tag: one tag per target is added.
 CACHE_REF_RE = re.compile(
-    r"^(?:[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$"
+    r"^(?:[a-z0-9]+(?:-[a-z0-9]+)*(?:\.[a-z0-9]+(?:-[a-z0-9]+)*)+(?::\d{1,5})?|[a-z0-9]+(?:[.-][a-z0-9]+)*:\d{1,5}"
+    r"|localhost)/[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$"
 )
 REGISTRY_RE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?$")
-PLATFORM_RE = re.compile(r"^linux/(?:amd64|arm64)$")
+# The stanzas install x86_64 software (EFA installer, lib/x86_64-linux-gnu paths, the smddp
+# wheels) on x86_64 bases: another platform would build something that cannot work.
+SUPPORTED_PLATFORMS = ("linux/amd64",)
 NETWORKS = ("default", "host", "none")
 ARG_RE = re.compile(r"^ARG ([A-Za-z_][A-Za-z0-9_]*)=(\S*)$", re.MULTILINE)
 # Build arguments that only steer apt's prompts: not worth overriding from bake.
 QUIET_ARGS = {"DEBIAN_FRONTEND"}
 DEFAULT_PLATFORMS = ("linux/amd64",)  # every base (NGC, CUDA, DLC) is an x86_64 GPU image
+GROUP_NAMES = ("default", *FLAVORS)  # bake looks a name up as a group and as a target
 
 
 @dataclass(frozen=True)
@@ -45,17 +56,17 @@ class BakeOptions:
     cache_ref: str | None = None  # registry cache repository; one tag per target
     platforms: tuple[str, ...] = DEFAULT_PLATFORMS
     network: str | None = None  # 'host' where builds have no bridge network (needs --allow=network.host)
-    context: str = "."  # the project root, as bake will see it from where it runs
 
     def check(self) -> "BakeOptions":
         if self.registry is not None and not REGISTRY_RE.match(self.registry):
             raise UsageError(f"--registry {self.registry!r}: expected host[:port], e.g. 123456789012.dkr.ecr.us-west-2.amazonaws.com")
         if self.cache_ref is not None and not CACHE_REF_RE.match(self.cache_ref):
-            raise UsageError(f"--cache-ref {self.cache_ref!r}: expected a repository without tag, "
+            raise UsageError(f"--cache-ref {self.cache_ref!r}: expected a fully qualified repository without tag, "
                              "e.g. 123456789012.dkr.ecr.us-west-2.amazonaws.com/pytorch-efa/cache")
         for platform in self.platforms:
-            if not PLATFORM_RE.match(platform):
-                raise UsageError(f"--platform {platform!r}: expected linux/amd64 or linux/arm64")
+            if platform not in SUPPORTED_PLATFORMS:
+                raise UsageError(f"--platform {platform!r}: only linux/amd64 is supported; the images install "
+                                 "x86_64 software (EFA installer, x86_64-linux-gnu libraries, smddp wheels)")
         if self.network is not None and self.network not in NETWORKS:
             raise UsageError(f"--network {self.network!r}: one of {', '.join(NETWORKS)}")
         return self
@@ -93,6 +104,9 @@ def bake_definition(root: Path, specs: Sequence[ImageSpec], options: BakeOptions
     groups: dict[str, list[str]] = {flavor: [] for flavor in FLAVORS}
     for spec in specs:
         name = target_name(spec.name)
+        if name in GROUP_NAMES:
+            raise UsageError(f"image '{spec.name}': bake target '{name}' has the name of a group of the bake file "
+                             f"({', '.join(GROUP_NAMES)}); rename the image in matrix.yaml")
         if name in owners:
             raise BuilderError(f"images '{owners[name]}' and '{spec.name}' map to the same bake target '{name}'; "
                                "rename one in matrix.yaml")
@@ -106,7 +120,7 @@ def bake_definition(root: Path, specs: Sequence[ImageSpec], options: BakeOptions
         tags = [f"{options.registry}/{ref}" if options.registry else ref for ref in spec.refs]
         target: dict = {
             "description": f"{spec.name} ({spec.flavor})" + (f": {spec.description}" if spec.description else ""),
-            "context": options.context,
+            "context": ".",  # bake resolves it from where it runs: the matrix's folder
             "dockerfile": f"images/{spec.name}/Dockerfile",
             "args": build_args(rendered.dockerfile),
             "tags": tags,
@@ -115,10 +129,13 @@ def bake_definition(root: Path, specs: Sequence[ImageSpec], options: BakeOptions
         }
         if options.cache_ref:
             target["cache-from"], target["cache-to"] = _cache(options.cache_ref, name)
-        else:
-            # No cache repository: reuse the layers of the image last pushed under the first tag
-            # and embed cache metadata in the image itself for the next build.
+        elif options.registry:
+            # Reuse the layers of the image last pushed under its first tag, in the user's own
+            # registry; the image carries its cache metadata for the next build.
             target["cache-from"], target["cache-to"] = [f"type=registry,ref={tags[0]}"], ["type=inline"]
+        else:
+            # No registry named: read no cache from anywhere (a bare tag means Docker Hub).
+            target["cache-to"] = ["type=inline"]
         if options.network:
             target["network"] = options.network
         targets[name] = target
@@ -131,15 +148,6 @@ def bake_definition(root: Path, specs: Sequence[ImageSpec], options: BakeOptions
         if names:
             group[flavor] = {"description": f"the {flavor} images", "targets": names}
     return {"group": group, "target": targets}
-
-
-def relative_context(root: Path, out: Path | None) -> str:
-    """The project root as seen from the folder holding the bake file (bake resolves relative
-    paths from where it runs; run it there)."""
-    if out is None:
-        return "."
-    rel = os.path.relpath(root.resolve(), out.resolve().parent)
-    return "." if rel == "." else rel
 
 
 def bake_targets(specs: Iterable[ImageSpec]) -> dict[str, str]:

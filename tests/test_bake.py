@@ -31,6 +31,8 @@ def test_schema_is_a_valid_json_schema_and_strict():
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
     good = {"group": {"default": {"targets": ["a"]}}, "target": {"a": {"context": ".", "tags": ["r/a:1"]}}}
     VALIDATOR.validate(good)
+    for cache in (["type=inline"], ["ref=r/c:a,type=registry,mode=max"], [{"type": "registry", "ref": "r/c:a"}]):
+        VALIDATOR.validate({"target": {"a": {"cache-to": cache, "cache-from": cache}}})
     for bad in (
         {"target": {"a.b": {}}},  # bake target names cannot hold dots
         {"target": {"a": {"dockerfiles": "x"}}},  # not a bake attribute
@@ -38,6 +40,9 @@ def test_schema_is_a_valid_json_schema_and_strict():
         {"target": {"a": {"network": "bridge"}}},
         {"group": {"g": {}}},  # targets required
         {"targets": {}},
+        {"target": {"a": {"cache-to": ["ref=r/cache:a"]}}},  # buildx: "type required form"
+        {"target": {"a": {"cache-from": [{"ref": "r/cache:a"}]}}},
+        {"target": {"a": {"cache-from": ["typo=registry,ref=r/cache:a"]}}},
     ):
         assert not VALIDATOR.is_valid(bad), bad
 
@@ -64,8 +69,8 @@ def test_bake_all_accepted_by_schema_and_names_every_image(project):
     assert "DEBIAN_FRONTEND" not in nv["args"]
     assert nv["labels"]["builder.component.efa"] == "1.35.0"
     assert nv["labels"]["org.opencontainers.image.title"] == "nv-efa1.35"
-    assert nv["cache-from"] == ["type=registry,ref=team/nvidia:nv-efa1.35"]
-    assert nv["cache-to"] == ["type=inline"]
+    # No registry named: no cache is read (a bare tag would be Docker Hub's), inline cache written.
+    assert "cache-from" not in nv and nv["cache-to"] == ["type=inline"]
     # Byte-stable: the same matrix gives the same file.
     first = out.read_bytes()
     assert run_builder("--matrix", str(project), "bake", "--all").returncode == 0
@@ -87,7 +92,7 @@ def test_registry_cache_and_network_options(project):
     result = run_builder("--matrix", str(project), "bake", "nv-efa1.35", "--out", "-",
                          "--registry", "123456789012.dkr.ecr.us-west-2.amazonaws.com",
                          "--cache-ref", "123456789012.dkr.ecr.us-west-2.amazonaws.com/team/cache",
-                         "--network", "host", "--platform", "linux/amd64", "--platform", "linux/arm64")
+                         "--network", "host", "--platform", "linux/amd64")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     VALIDATOR.validate(data)
@@ -98,22 +103,47 @@ def test_registry_cache_and_network_options(project):
     assert nv["cache-from"] == [f"type=registry,ref={cache}"]
     assert nv["cache-to"] == [f"type=registry,ref={cache},mode=max,image-manifest=true,oci-mediatypes=true"]
     assert nv["network"] == "host"
-    assert nv["platforms"] == ["linux/amd64", "linux/arm64"]
+    assert nv["platforms"] == ["linux/amd64"]
 
 
-def test_out_in_a_subfolder_points_context_back_at_the_project(project):
+def test_registry_alone_reads_cache_from_the_image_there(project):
+    result = run_builder("--matrix", str(project), "bake", "dl", "--out", "-", "--registry", "reg.example.com:5000")
+    assert result.returncode == 0, result.stderr
+    dl = json.loads(result.stdout)["target"]["dl"]
+    assert dl["cache-from"] == [f"type=registry,ref={dl['tags'][0]}"]
+    assert dl["tags"][0].startswith("reg.example.com:5000/") and dl["cache-to"] == ["type=inline"]
+
+
+def test_context_is_where_bake_runs_whatever_the_file_folder(project):
+    """bake resolves context from its working directory, so the file says '.' and the CLI
+    says where to run it."""
     out = project.parent / "ci" / "bake.json"
-    assert run_builder("--matrix", str(project), "bake", "--all", "--out", str(out)).returncode == 0
+    result = run_builder("--matrix", str(project), "bake", "--all", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"run 'docker buildx bake -f ci/bake.json' from {project.parent.resolve()}" in result.stderr
     target = json.loads(out.read_text())["target"]["dl"]
-    assert target["context"] == ".."
-    assert (out.parent / target["context"] / target["dockerfile"]).is_file()
+    assert target["context"] == "."
+    assert (project.parent / target["context"] / target["dockerfile"]).is_file()
+
+
+@pytest.mark.parametrize("name", ["default", "nvidia", "dlc", "source"])
+def test_an_image_named_like_a_group_is_refused(tmp_path, name):
+    matrix = write_project(tmp_path)
+    matrix.write_text(matrix.read_text().replace("  - name: dl\n", f"  - name: {name}\n"))
+    assert run_builder("--matrix", str(matrix), "render", "--all").returncode == 0
+    result = run_builder("--matrix", str(matrix), "bake", "--all")
+    assert result.returncode == 2, result.stderr
+    assert f"image '{name}': bake target '{name}' has the name of a group" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [
     (["--cache-ref", "Bad Ref"], "--cache-ref"),
     (["--cache-ref", "reg.example.com/cache:tag"], "--cache-ref"),
+    (["--cache-ref", "team/cache"], "fully qualified"),  # would be Docker Hub's team/cache
     (["--registry", "https://reg.example.com"], "--registry"),
-    (["--platform", "windows/amd64"], "--platform"),
+    (["--platform", "windows/amd64"], "only linux/amd64 is supported"),
+    (["--platform", "linux/arm64"], "x86_64 software"),
     ([], "name at least one image"),
     (["nope"], "no image named 'nope'"),
 ])
@@ -148,20 +178,61 @@ def test_options_checked_in_python_too():
         target_name("a/b")
 
 
+def cache_entries(entries) -> list[dict]:
+    """buildx prints cache entries as CSV strings (0.13 and older) or, since the composable
+    attributes, as objects; both as {key: value} for comparison."""
+    out = []
+    for entry in entries or []:
+        if isinstance(entry, dict):
+            out.append({k: str(v) for k, v in entry.items()})
+        else:
+            out.append(dict(part.split("=", 1) for part in entry.split(",")))
+    return out
+
+
+def test_cache_entries_normalise_both_forms():
+    assert cache_entries(["type=registry,ref=r/c:a,mode=max"]) == \
+        cache_entries([{"type": "registry", "ref": "r/c:a", "mode": "max"}]) == [{"type": "registry", "ref": "r/c:a", "mode": "max"}]
+
+
+def _bake_print(config, folder, *args):
+    return subprocess.run(["/usr/bin/docker", "buildx", "bake", "--print", *args], cwd=folder,
+                          env={**os.environ, "DOCKER_CONFIG": str(config)}, capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.integration
-def test_buildx_bake_print_reads_the_file(project):
+def test_buildx_bake_print_reads_the_file(project, record_property):
     config = buildx_config()
     need(config is not None, "no docker buildx plugin here and none could be fetched from Debian (docker-buildx)")
+    version = subprocess.run(["/usr/bin/docker", "buildx", "version"], env={**os.environ, "DOCKER_CONFIG": str(config)},
+                             capture_output=True, text=True, timeout=60).stdout.strip()
+    record_property("buildx_version", version)
+    print(f"buildx: {version}")  # what this check ran against (shown with -rP or on failure)
     assert run_builder("--matrix", str(project), "bake", "--all", "--cache-ref", "127.0.0.1:5000/cache").returncode == 0
     ours = json.loads((project.parent / "docker-bake.json").read_text())
-    result = subprocess.run(["/usr/bin/docker", "buildx", "bake", "--print", "-f", "docker-bake.json"],
-                            cwd=project.parent, env={**os.environ, "DOCKER_CONFIG": str(config)},
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    result = _bake_print(config, project.parent, "-f", "docker-bake.json")
+    assert result.returncode == 0, (version, result.stderr)
     printed = json.loads(result.stdout)
-    assert set(printed["target"]) == set(ours["target"])
-    assert printed["group"]["default"]["targets"] == ours["group"]["default"]["targets"]
+    assert set(printed["target"]) == set(ours["target"]), version
+    assert printed["group"]["default"]["targets"] == ours["group"]["default"]["targets"], version
     for name, target in ours["target"].items():
         seen = printed["target"][name]
-        for key in ("dockerfile", "tags", "args", "labels", "platforms", "cache-from", "cache-to"):
-            assert seen.get(key) == (target[key] or None), (name, key)  # bake drops empty maps
+        assert seen["context"] == "." and (project.parent / seen["dockerfile"]).is_file(), version
+        for key in ("dockerfile", "tags", "args", "labels", "platforms"):
+            assert seen.get(key) == (target[key] or None), (version, name, key)  # bake drops empty maps
+        for key in ("cache-from", "cache-to"):
+            assert cache_entries(seen.get(key)) == cache_entries(target[key]), (version, name, key)
+
+    # The same buildx refuses what is wrong, so its acceptance above means something: a cache
+    # entry without type, a group naming a target that does not exist, a list given as a string.
+    for damage, message in (
+        (lambda d: d["target"]["dl"].update({"cache-to": ["ref=127.0.0.1:5000/cache:dl"]}), "type required"),
+        (lambda d: d["group"]["default"]["targets"].append("missing"), "failed to find target missing"),
+        (lambda d: d["target"]["dl"].update({"platforms": "linux/amd64"}), "Unsuitable value"),
+    ):
+        broken = json.loads(json.dumps(ours))
+        damage(broken)
+        path = project.parent / "broken-bake.json"
+        path.write_text(json.dumps(broken))
+        refused = _bake_print(config, project.parent, "-f", path.name)
+        assert refused.returncode != 0 and message in refused.stderr, (version, message, refused.stderr[-500:])
