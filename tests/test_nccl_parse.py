@@ -1,8 +1,8 @@
 """The nccl-tests parser on real outputs (tests/fixtures/nccl, quoted from public sources).
 
-A few cases at the end are built from the printf formats of nccl-tests' src/common.cu (the
-``%5g`` #wrong column, the OK/FAILED footer, the newest version lines), because no public
-output showing them was found; they say so.
+Cases no public output was found for are built from nccl-tests' printf formats (src/common.cu)
+and say so: marked SYNTHETIC below (the ``%5g`` #wrong column with 1.6e+07, the OK/FAILED average
+footer, the 2.0-era layout, a nan average, 1-decimal busbw above 1000 GB/s).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def test_split_prefix_forms():
     assert split_prefix("           8             2") == (None, None, "           8             2")
 
 
-# --- built from nccl-tests' printf formats (src/common.cu), no public output found -------------
+# --- SYNTHETIC: built from nccl-tests' printf formats (src/common.cu), no public output found ----
 
 NEWEST = """\
 # nccl-tests version 2.17.1 nccl-headers=22603 nccl-library=22603
@@ -229,3 +229,164 @@ def test_error_column_kind_without_a_header(token, column):
     from builder.nccl.parse import _guess_error_column
 
     assert _guess_error_column(token) == column
+
+
+# --- newer real outputs: 2.17+/2.20 headers, other net plugins, PXN, failed plugin init ----------
+
+
+def test_v2_17_header_and_wrong_counts_from_a_corrupting_cluster():
+    run = parse_text(load_fixture("olivia_gh200_2_17_9_wrong.txt"))
+    assert (run.tests_version, run.collective) == ("2.17.9", "all_reduce_perf")
+    assert len(run.rows) == 28 and {r.type for r in run.rows} == {"int8"}
+    assert run.nranks == 16 and run.hosts == ("gpu-1-43", "gpu-1-47", "gpu-1-49", "gpu-1-51")
+    bad = [r.size for r in run.rows if r.wrong]
+    assert bad == [2 << 20, 4 << 20, 8 << 20, 16 << 20, 32 << 20, 64 << 20]
+    assert run.rows[21].out_of_place.wrong == 18134 and run.rows[21].in_place.wrong == 9609
+    assert run.truncated is None  # rows reach maxBytes (128 MiB); the page just shows no footer
+    assert any("no 'Avg bus bandwidth' footer" in w for w in run.warnings)
+
+
+def test_v2_20_header_with_commit_hash():
+    run = parse_text(load_fixture("dgx_spark_103_v2_20.txt"))
+    assert (run.tests_version, run.collective) == ("2.20.0", "all_reduce_perf")
+    assert run.params["maxBytes"] == "8589934592" and run.params["validation"] == "1"
+    assert [r.size for r in run.rows] == [8192, 16384, 32768, 65536]
+    assert run.hosts == ("spark-d708", "spark-dbf4")
+    assert run.truncated is True  # the quote stops long before maxBytes: an excerpt reads as cut short
+    assert any("cut short" in w for w in run.warnings)
+
+
+def test_another_net_plugin_with_pxn_channels_is_other_with_gdr():
+    run = parse_text(load_fixture("nccl_tests_321_rdma_plugin_pxn.txt"), collective="alltoall_perf")
+    assert len(run.rows) == 13 and run.collective == "alltoall_perf"
+    assert all(r.redop == "none" and r.in_place.wrong is None for r in run.rows)
+    t = run.transport
+    assert t.verdict == "other" and t.network == "NCCL RDMA Plugin v6" and not t.socket_fallback
+    assert t.gdr is True  # "via NET/NCCL RDMA Plugin v6/0(2)/GDRDMA/Shared": PXN, GPUDirect RDMA
+    assert t.plugin_loaded is True and t.processes == 4
+    assert "Using network NCCL RDMA Plugin v6" in t.evidence[0]
+
+
+def test_plugin_loaded_then_failed_to_initialize_is_socket_and_survives_no_rows():
+    text = load_fixture("training_on_eks_p4d_ofi_init_failed.txt")
+    t = read_transport(text)
+    assert t.verdict == "socket" and t.socket_fallback
+    assert t.plugin_loaded is True and t.plugin_failed and t.plugin == "aws-ofi-nccl 1.17.1"
+    assert any("Failed to initialize sendrecv protocol" in e for e in t.evidence)
+    with pytest.raises(NoResults) as exc:
+        parse_runs(text)
+    assert exc.value.exit_code == 4 and exc.value.transport.verdict == "socket"
+    assert "socket" in str(exc.value) and "failed to initialize" in str(exc.value)
+
+
+def test_footers_without_hash_and_float_error_over_tolerance():
+    run = parse_text(load_fixture("nccl_tests_37_allgather_no_hash.txt"))
+    assert run.collective == "all_gather_perf" and run.error_column == "error"
+    (row,) = run.rows
+    assert row.out_of_place.delta == 1.0 and row.delta_exceeded
+    assert (run.out_of_bounds, run.out_of_bounds_ok, run.avg_busbw_printed) == (2, False, 128.942)
+    assert run.footer and run.truncated is False and run.average_matches is True
+    assert run.time_unit == "us" and row.out_of_place.time_us == 29122
+    assert run.warnings == ()
+
+
+def test_unlabeled_ranks_interleaved_in_one_table_keep_the_first_sequence():
+    run = parse_text(load_fixture("nccl_tests_182_unlabeled_ranks.txt"))
+    assert [r.size for r in run.rows] == [8, 16, 32, 64, 128, 256, 512, 1024]
+    assert run.rows[0].out_of_place.time_us == 40.64  # the first process's row, not the second's
+    assert any("size sequence restarts" in w and "srun -l" in w for w in run.warnings)
+
+
+def test_one_node_on_sockets_among_efa_nodes_names_the_host():
+    # Built from two real logs: the EFA ranks of the aws-efa-eks job and the socket rank of the
+    # aws-k8s-tester job, as one job whose second node lacks the plugin.
+    text = load_fixture("efa_eks_p4d_2node_mpirun_old.txt") + load_fixture("aws_k8s_tester_464_socket.txt")
+    t = read_transport(text)
+    assert t.verdict == "socket" and t.bad_hosts == ("multi-node-nccl-test-worker-0",)
+    assert 1 <= len(t.bad_hosts) < t.processes
+    assert "multi-node-nccl-test-worker-0" in t.evidence[0] and "Using network Socket" in t.evidence[0]
+    assert t.summary().startswith("socket on multi-node-nccl-test-worker-0 (")
+
+
+def test_tables_back_to_back_are_named_by_their_own_command_lines():
+    # Built from two real outputs run one after the other: all_reduce (a3mega) then all_gather (nixpkgs).
+    text = load_fixture("a3mega_h100_2node_mpirun.txt") + load_fixture("nixpkgs_251856_allgather_2_13.txt")
+    runs = parse_runs(text)
+    assert [r.collective for r in runs] == ["all_reduce_perf", "all_gather_perf"]
+    assert [len(r.rows) for r in runs] == [31, 1]
+    # --collective only names a lone unnamed table; it never renames these.
+    assert [r.collective for r in parse_runs(text, collective="alltoall_perf")] == ["all_reduce_perf", "all_gather_perf"]
+
+
+def test_pxn_and_newer_gdr_channel_suffixes():
+    # SYNTHETIC lines in NCCL's transport/net.cc format: "via NET/%s/%d(%d)/GDRDMA" and /GDRDMA(PCI).
+    pxn = "p5-1:1:2 [1] NCCL INFO Channel 02/0 : 9[1] -> 2[2] [send] via NET/Libfabric/2(10)/GDRDMA/Shared\n"
+    pci = "p5-1:1:2 [1] NCCL INFO Channel 02/0 : 9[1] -> 2[2] [send] via NET/Libfabric/2/GDRDMA(PCI)\n"
+    plain = "p5-1:1:2 [1] NCCL INFO Channel 02/0 : 9[1] -> 2[2] [send] via NET/Libfabric/2(10)\n"
+    assert read_transport(pxn).gdr is True and read_transport(pci).gdr is True
+    assert read_transport(plain).gdr is False and read_transport(pxn).verdict == "efa"
+
+
+def test_provider_name_with_a_suffix_is_still_efa():
+    line = "h:1:1 [0] NCCL INFO NET/OFI Selected provider is efa-direct, fabric is efa-direct (found 4 nics)\n"
+    assert read_transport(line + "h:1:1 [0] NCCL INFO Using network Libfabric\n").verdict == "efa"
+
+
+def test_srun_label_around_mpirun_tag_is_stripped_twice():
+    assert split_prefix("3: [1,0]<stdout>:#  size") == (LAUNCHER_SRUN, "3", "#  size")
+
+
+# SYNTHETIC: the 2.0-era layout from nccl-tests' 2.0 printf formats (no '#' on the footer, no Pid in
+# the rank lines, "bytes N type op ... res" header, times in ms); no public output of that era with
+# the full table was found (NVIDIA/nccl-tests issues 7 and 8 show only its first lines).
+V20 = """\
+nThread 1 nGpus 8 minBytes 8 maxBytes 1073741824 step: 2(factor) warmup iters: 5 iters: 20 validation: 1
+# Using devices
+#   Rank  0 on   dgx1-01 device  0 [0x06] Tesla V100-SXM2-16GB
+#   Rank  1 on   dgx1-01 device  1 [0x07] Tesla V100-SXM2-16GB
+
+#                                                 out-of-place                    in-place
+#      bytes             N    type      op    time  algbw  busbw      res     time  algbw  busbw      res
+           8             2   float     sum   0.042   0.00   0.00    1e-07    0.041   0.00   0.00    1e-07
+   536870912     134217728   float     sum   4.522 118.73 207.77    5e-07    4.519 118.80 207.90    5e-07
+  1073741824     268435456   float     sum   9.011 119.16 208.53    5e-07    9.006 119.23 208.65    3e+00
+ Out of bounds values : 1 FAILED
+ Avg bus bandwidth    : 138.805 
+"""
+
+
+def test_v2_0_era_layout_footer_ranks_and_milliseconds():
+    run = parse_text(V20)
+    assert (run.out_of_bounds, run.out_of_bounds_ok, run.avg_busbw_printed) == (1, False, 138.805)
+    assert run.footer and run.truncated is False and run.warnings == ()
+    assert run.hosts == ("dgx1-01",) and run.nranks == 2
+    assert run.error_column == "error" and run.rows[0].redop == "sum"
+    assert run.time_unit == "ms" and run.rows[1].out_of_place.time_us == pytest.approx(4522)
+    assert run.rows[2].delta_exceeded and not run.rows[1].delta_exceeded
+
+
+def test_nan_average_is_not_a_number_in_the_report():
+    import json
+
+    from builder.nccl.report import to_json
+
+    run = parse_text(NEWEST.replace("377.522 FAILED", "nan"))
+    assert run.avg_busbw_printed is None and run.footer
+    assert any("nan" in w for w in run.warnings)
+    json.loads(json.dumps(to_json(run), allow_nan=False))
+
+
+def test_average_of_busbw_printed_with_one_decimal_above_1000():
+    # SYNTHETIC: getFloatStr prints one decimal from 1000 GB/s (NVL-class busbw).
+    text = NEWEST.replace("374.89", "1374.9").replace("375.06", "1375.1").replace("379.97", "1380.0") \
+        .replace("380.17", "1380.2").replace("377.522 FAILED", "1377.52")
+    run = parse_text(text)
+    assert run.average_matches is True and run.avg_busbw_printed == 1377.52
+
+
+def test_truncated_job_output_is_detected():
+    text = load_fixture("a3mega_h100_2node_mpirun.txt")
+    cut = text[: text.index("  4294967296")]  # the job died after 2 GiB
+    run = parse_text(cut)
+    assert run.truncated is True and not run.footer
+    assert any("cut short" in w for w in run.warnings)

@@ -1,18 +1,22 @@
-"""Parse nccl-tests output (any version, any launcher) into an ``NcclRun``. Pure: text in, data out.
+"""Parse nccl-tests output (any version, any launcher) into ``NcclRun``s. Pure: text in, data out.
 
 What varies between the outputs people actually have (see tests/fixtures/nccl/):
-- columns: before ~2.13 there is no ``root`` column for all_reduce (but broadcast has ``root``
-  instead of ``redop``, all_gather neither) and the error column is ``error``, a float max delta
-  printed with ``%5.0le`` (``2e-07``); newer builds print ``redop root`` always and ``#wrong``,
-  a count printed with ``%5g`` (so ``1.6e+07`` for big counts); ``N/A`` when run with ``-c 0``;
-  the newest may add ``#bitdiff``, per-iteration columns or a timestamp. So the column header,
-  when present, decides; otherwise the field count does.
+- columns: the 2.0 era heads them ``bytes N type op ... res`` and prints times in ms; before ~2.13
+  there is no ``root`` column for all_reduce (broadcast has ``root`` instead of ``redop``,
+  all_gather neither) and the error column is ``error``, a float max delta printed with
+  ``%5.0le`` (``2e-07``); newer builds print ``redop root`` always and ``#wrong``, a count printed
+  with ``%5g`` (so ``1.6e+07`` for big counts); ``N/A`` when run with ``-c 0``. So the column
+  header, when present, decides; otherwise the field count does; the time unit comes from the
+  unit line, else from size / time / algbw.
 - times: ``%7.2f``/``%7.1f``/``%7.0f`` by magnitude (``69.12``, ``1468.2``, ``13552``).
-- launchers: ``srun -l`` prefixes ``0: ``, ``mpirun --tag-output`` prefixes ``[1,0]<stdout>:``;
-  NCCL INFO/WARN lines of every rank are interleaved with rank 0's table; a build without MPI
-  run under srun prints one table per rank.
-- footer: ``# Out of bounds values : 0 OK``, ``# Avg bus bandwidth    : 52.9 [OK|FAILED]``,
-  ``# Collective test concluded: NAME`` (newest). Excerpts may have no footer at all.
+- launchers: ``srun -l`` prefixes ``0: ``, ``mpirun --tag-output`` prefixes ``[1,0]<stdout>:``
+  (both, nested, when srun -l runs mpirun); NCCL INFO/WARN lines of every rank are interleaved
+  with rank 0's table; a build without MPI run under a launcher prints one table per rank,
+  labelled (one stream per label) or not (the size sequence restarts inside one table).
+- header lines and footers start with ``#`` (the 2.0 era printed the footer without it, and
+  outputs pasted into issues often lose it): ``Out of bounds values : 0 OK``,
+  ``Avg bus bandwidth : 52.9 [OK|FAILED]``, ``# Collective test concluded: NAME`` (newest).
+  Excerpts may have no footer at all; a killed job has no footer and stops before maxBytes.
 
 The printed average is nccl-tests' mean of every busbw value in the table, out-of-place and
 in-place counted separately; we recompute it from the rows to catch truncated outputs.
@@ -22,9 +26,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+import statistics
+from dataclasses import asdict, dataclass, field, replace
 
 from builder.errors import BuilderError
+from builder.nccl.transport import Transport, detect_transport, read_transport  # noqa: F401 (re-exported)
 
 # --- launcher prefixes ---------------------------------------------------------------------------
 
@@ -38,17 +44,41 @@ LAUNCHER_SRUN = "srun -l"
 
 
 def split_prefix(line: str) -> tuple[str | None, str | None, str]:
-    """(launcher, rank label, content) for one output line; no launcher -> (None, None, line)."""
-    m = _MPI_TAG.match(line)
-    if m:
-        return LAUNCHER_MPIRUN, m.group(1), line[m.end():]
-    m = _SRUN_TAG.match(line)
-    if m:
-        return LAUNCHER_SRUN, m.group(1), line[m.end():]
-    return None, None, line
+    """(launcher, rank label, content) for one output line; no launcher -> (None, None, line).
+
+    The outer prefix names the launcher and the stream; an inner one (srun -l around mpirun
+    --tag-output) is stripped too.
+    """
+    launcher = label = None
+    content = line
+    for _ in range(2):
+        for kind, pattern in ((LAUNCHER_MPIRUN, _MPI_TAG), (LAUNCHER_SRUN, _SRUN_TAG)):
+            m = pattern.match(content)
+            if m:
+                if launcher is None:
+                    launcher, label = kind, m.group(1)
+                content = content[m.end():]
+                break
+        else:
+            break
+    return launcher, label, content
 
 
 # --- data model ----------------------------------------------------------------------------------
+
+# nccl-tests' DeltaMaxValue (src/common.cu of the versions with the float ``error`` column): the
+# largest max-abs-difference its check accepts, per type; integer types accept none (1e-200).
+_DELTA_TOLERANCE = {
+    "half": 1e-2, "float16": 1e-2, "bfloat16": 1e-2,
+    "float": 1e-5, "float32": 1e-5,
+    "double": 1e-12, "float64": 1e-12,
+    **{t: 0.0 for t in ("char", "int8", "uint8", "int", "int32", "uint32", "int64", "uint64")},
+}
+
+
+def delta_tolerance(type_name: str) -> float | None:
+    """The largest ``error`` value nccl-tests accepts for a type (None: type not known here)."""
+    return _DELTA_TOLERANCE.get(type_name)
 
 
 @dataclass(frozen=True)
@@ -80,6 +110,14 @@ class Row:
     def wrong(self) -> int:
         return sum(m.wrong or 0 for m in (self.out_of_place, self.in_place))
 
+    @property
+    def delta_exceeded(self) -> bool:
+        """The old ``error`` column is above what nccl-tests accepts for this type."""
+        tolerance = delta_tolerance(self.type)
+        return tolerance is not None and any(
+            m.delta is not None and m.delta > tolerance for m in (self.out_of_place, self.in_place)
+        )
+
 
 @dataclass(frozen=True)
 class Device:
@@ -96,38 +134,9 @@ class Peak:
     placement: str  # "out-of-place" | "in-place"
 
 
-@dataclass(frozen=True)
-class Transport:
-    """What the NCCL_DEBUG=INFO lines say about the network NCCL picked."""
-
-    verdict: str  # "efa" | "ofi-other" | "socket" | "ib" | "unknown"
-    plugin_loaded: bool | None = None  # the aws-ofi-nccl (or any external net) plugin
-    plugin: str | None = None  # e.g. "aws-ofi-nccl 1.7.3-aws"
-    provider: str | None = None  # libfabric provider: "efa", "tcp;ofi_rxm" ...
-    network: str | None = None  # "AWS Libfabric", "Libfabric", "Socket", "IB"
-    gdr: bool | None = None  # GPUDirect RDMA seen on NET channels
-    nics: int | None = None
-    evidence: tuple[str, ...] = ()
-
-    @property
-    def socket_fallback(self) -> bool:
-        return self.verdict in ("socket", "ofi-other")
-
-    def summary(self) -> str:
-        if self.verdict == "unknown":
-            return "unknown (no NCCL_DEBUG=INFO network lines)"
-        parts = [self.verdict]
-        if self.network:
-            parts.append(f"network {self.network}")
-        if self.plugin:
-            parts.append(self.plugin)
-        elif self.plugin_loaded is False:
-            parts.append("net plugin NOT loaded")
-        if self.provider:
-            parts.append(f"provider {self.provider}" + (f" ({self.nics} NICs)" if self.nics else ""))
-        if self.gdr is not None:
-            parts.append("GPUDirect RDMA" if self.gdr else "no GPUDirect RDMA")
-        return ", ".join(parts)
+def _print_bound(value: float) -> float:
+    """Half a unit of the last decimal nccl-tests prints busbw with (2 decimals, fewer from 1000)."""
+    return 0.005 if value < 1000 else (0.05 if value < 10000 else 0.5)
 
 
 @dataclass(frozen=True)
@@ -139,10 +148,12 @@ class NcclRun:
     params: dict = field(default_factory=dict)  # nThread, nGpus, minBytes, iters ... as printed
     devices: tuple[Device, ...] = ()
     error_column: str | None = None  # "#wrong" | "error" | None (unknown: no header)
+    time_unit: str = "us"  # as printed (the 2.0 era printed ms); time_us is converted
     out_of_bounds: int | None = None
     out_of_bounds_ok: bool | None = None
-    avg_busbw_printed: float | None = None
+    avg_busbw_printed: float | None = None  # None: no footer, or it printed nan/inf
     avg_status: str | None = None  # "OK" | "FAILED" when NCCL_TESTS_MIN_BW / -m was set
+    footer: bool = False  # an 'Out of bounds' or 'Avg bus bandwidth' line was seen
     launcher: str | None = None
     transport: Transport = Transport("unknown")
     warnings: tuple[str, ...] = ()
@@ -177,13 +188,42 @@ class NcclRun:
         return sum(r.wrong for r in self.rows)
 
     @property
+    def validation(self) -> int | None:
+        """The run's -c value as printed ('validation: 0' means nothing was checked)."""
+        value = self.params.get("validation")
+        return int(value) if value is not None and value.isdigit() else None
+
+    @property
+    def max_bytes(self) -> int | None:
+        value = self.params.get("maxBytes")
+        return int(value) if value is not None and value.isdigit() else None
+
+    @property
+    def truncated(self) -> bool | None:
+        """True: no footer and the rows stop before maxBytes (killed, timed out, crashed mid-run).
+        False: the footer was printed. None: no footer, but no row is known to be missing."""
+        if self.footer:
+            return False
+        last, top = max(r.size for r in self.rows), self.max_bytes
+        if top is None:
+            return None
+        step = self.params.get("step", "")
+        m = re.fullmatch(r"(\d+)\((factor|bytes)\)", step)
+        if m and int(m.group(1)) > 0:
+            after = last * int(m.group(1)) if m.group(2) == "factor" else last + int(m.group(1))
+            return True if last < top and after <= top else None
+        return True if last < top else None
+
+    @property
     def average_matches(self) -> bool | None:
         """Printed average == recomputed one, within print rounding (None: nothing printed)."""
         if self.avg_busbw_printed is None:
             return None
+        values = [m.busbw for r in self.rows for m in (r.out_of_place, r.in_place)]
+        # Each value is off by at most half its last printed decimal, so is their mean.
+        bound = sum(_print_bound(v) for v in values) / len(values)
         printed, mine = self.avg_busbw_printed, self.avg_busbw_recomputed
-        # busbw is printed with 2 decimals: each value is off by <= 0.005, so is their mean.
-        return abs(printed - mine) <= 0.006 + 1e-4 * abs(printed)
+        return abs(printed - mine) <= bound + 0.001 + 1e-5 * abs(printed)  # the average itself is %g
 
     def to_dict(self) -> dict:
         peak = self.peak
@@ -196,6 +236,7 @@ class NcclRun:
             "nranks": self.nranks,
             "hosts": list(self.hosts),
             "error_column": self.error_column,
+            "time_unit_printed": self.time_unit,
             "rows": [asdict(r) for r in self.rows],
             "avg_busbw": {
                 "printed": self.avg_busbw_printed,
@@ -206,28 +247,37 @@ class NcclRun:
             "peak": asdict(peak),
             "out_of_bounds": {"count": self.out_of_bounds, "ok": self.out_of_bounds_ok},
             "wrong_total": self.wrong_total,
+            "footer": self.footer,
+            "truncated": self.truncated,
             "transport": {**asdict(self.transport), "socket_fallback": self.transport.socket_fallback},
             "warnings": list(self.warnings),
         }
 
 
 class NoResults(BuilderError):
-    """The text holds no nccl-tests result row."""
+    """The text holds no nccl-tests result row (the transport is still read from its logs)."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, transport: Transport | None = None):
         from builder.nccl import EXIT_NO_RESULTS
 
+        self.transport = transport or Transport("unknown")
+        if self.transport.verdict != "unknown":
+            message += f"; the NCCL logs show: {self.transport.summary()}"
+            if self.transport.evidence:
+                message += f" [{self.transport.evidence[0]}]"
         super().__init__(message, exit_code=EXIT_NO_RESULTS)
 
 
 # --- table parsing -------------------------------------------------------------------------------
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# "#  Rank  0 Group  0 Pid  6899 on host device  0 [0x04] NAME"; the 2.0 era had no Group/Pid.
 _RANK_LINE = re.compile(
-    r"^#?\s*Rank\s+(\d+)\s+(?:Group\s+\d+\s+)?Pid\s+\d+\s+on\s+(\S+)\s+device\s+(\d+)\s+\[[^\]]*\]\s+(.*?)\s*$"
+    r"^#?\s*Rank\s+(\d+)\s+(?:Group\s+\d+\s+)?(?:Pid\s+\d+\s+)?on\s+(\S+)\s+device\s+(\d+)\s+\[[^\]]*\]\s+(.*?)\s*$"
 )
-_OOB = re.compile(r"Out of bounds values\s*:\s*(\d+)\s*(OK|FAILED)?")
-_AVG = re.compile(rf"Avg bus bandwidth\s*:\s*({_NUM}|nan|inf)\s*(OK|FAILED)?", re.IGNORECASE)
+# Footers anchored at the line start, '#' optional (2.0 era and pasted outputs have none).
+_OOB = re.compile(r"^#?\s*Out of bounds values\s*:\s*(\d+)\s*(OK|FAILED)?", re.IGNORECASE)
+_AVG = re.compile(rf"^#?\s*Avg bus bandwidth\s*:\s*({_NUM}|[-+]?nan|[-+]?inf)\s*(OK|FAILED)?", re.IGNORECASE)
 _COLLECTIVE = re.compile(r"Collective test (?:starting|concluded):\s*(\S+)")
 _TESTS_VERSION = re.compile(r"nccl-tests version\s+(\S+)")
 _NCCL_VERSION = re.compile(r"NCCL version\s+(\S+)")
@@ -236,12 +286,16 @@ _PERF_BINARY = re.compile(r"\b(\w+_perf)(?:_mpi)?\b")
 
 _DEFAULT_GROUP = ("time", "algbw", "busbw", "#wrong")
 _KNOWN_OPS = {"sum", "prod", "max", "min", "avg", "none", "mulsum", "premulsum"}
+# The 2.0-era header names: "bytes N type op time algbw busbw res".
+_OLD_NAMES = {"bytes": "size", "N": "count", "op": "redop", "res": "error"}
 
 
 @dataclass
 class _Table:
+    start: int = 0  # index (in the whole text) of the table's first line
     prefix: tuple[str, ...] | None = None  # column names before the first time column
     group: tuple[str, ...] | None = None  # column names of one out-of-place/in-place group
+    unit: str | None = None  # "us" | "ms" from the unit line under the header
     rows: list = field(default_factory=list)
     params: dict = field(default_factory=dict)
     devices: list = field(default_factory=list)
@@ -249,18 +303,26 @@ class _Table:
     tests_version: str | None = None
     oob: tuple[int, bool | None] | None = None
     avg: tuple[float, str | None] | None = None
+    dropped: int = 0  # rows of interleaved unlabeled duplicates left out
 
 
 def _columns(content: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    tokens = content.lstrip("#").split()
+    tokens = [_OLD_NAMES.get(t, t) for t in content.lstrip("#").split()]
     if "size" not in tokens or "busbw" not in tokens:
         return None
     times = [i for i, t in enumerate(tokens) if t in ("time", "cputime")]
     if len(times) < 2:
         return None
     first, second = times[0], times[1]
-    group = tuple(tokens[first:second])
-    return tuple(tokens[:first]), group
+    return tuple(tokens[:first]), tuple(tokens[first:second])
+
+
+def _unit(content: str) -> str | None:
+    """'(us)' or '(ms)' from the unit line under the column header ('(B) (elements) (us) ...')."""
+    tokens = content.lstrip("#").split()
+    if "(B)" not in tokens:
+        return None
+    return "ms" if "(ms)" in tokens else ("us" if "(us)" in tokens else None)
 
 
 def _guess_prefix(tokens: list[str]) -> tuple[str, ...] | None:
@@ -326,179 +388,152 @@ def _row(table: _Table, content: str) -> Row | None:
         return None  # a log line that happens to start with two integers, or a torn line
 
 
-def _parse_stream(lines: list[str]) -> list[_Table]:
+def _time_scale(table: _Table) -> tuple[str, float]:
+    """(unit as printed, factor to microseconds): the unit line, else size / time against algbw."""
+    if table.unit:
+        return table.unit, (1000.0 if table.unit == "ms" else 1.0)
+    if table.group and "time" not in table.group:
+        return "us", 1.0  # cputime: not the time algbw was computed from
+    ratios = [
+        r.size / m.time_us / 1e3 / m.algbw
+        for r in table.rows for m in (r.out_of_place, r.in_place)
+        if m.time_us > 0 and m.algbw >= 0.1
+    ]
+    # In us, bytes/us/1e3 is GB/s, close to algbw (all_gather's factor aside); in ms it is 1000x.
+    if ratios and statistics.median(ratios) > math.sqrt(1000):
+        return "ms", 1000.0
+    return "us", 1.0
+
+
+def _scaled(row: Row, factor: float) -> Row:
+    if factor == 1.0:
+        return row
+    return replace(
+        row,
+        out_of_place=replace(row.out_of_place, time_us=row.out_of_place.time_us * factor),
+        in_place=replace(row.in_place, time_us=row.in_place.time_us * factor),
+    )
+
+
+def _first_sequence(rows: list[Row]) -> tuple[list[Row], int]:
+    """Rows of the first size sequence, and how many sequences there were.
+
+    Sizes grow within each (type, op, root) series of one table. When they restart, several
+    processes printed into one unlabeled stream (nccl-tests without MPI under a launcher: every
+    rank runs alone and prints its table) or -N repeated the sweep; each row joins the first
+    sequence it extends.
+    """
+    sequences: list[dict] = []
+    members: list[list[Row]] = []
+    for row in rows:
+        key = (row.type, row.redop, row.root)
+        for last, rows_of in zip(sequences, members):
+            if key not in last or last[key] < row.size or (row.size == 0 and last[key] == 0):
+                break
+        else:
+            sequences.append({})
+            members.append([])
+            last, rows_of = sequences[-1], members[-1]
+        last[key] = row.size
+        rows_of.append(row)
+    return members[0], len(members)
+
+
+def _parse_stream(lines: list[tuple[int, str]]) -> list[_Table]:
     """Result tables of one rank's stream (normally one; several when tests run back to back)."""
     tables: list[_Table] = []
-    cur = _Table()
+    cur = _Table(start=lines[0][0] if lines else 0)
 
-    def new_table() -> _Table:
+    def new_table(index: int) -> _Table:
         nonlocal cur
         if cur.rows:
             tables.append(cur)
-            cur = _Table()
+            cur = _Table(start=index)
+        elif not (cur.params or cur.collective or cur.tests_version or cur.prefix or cur.devices):
+            cur.start = index
         return cur
 
-    for raw in lines:
+    for index, raw in lines:
         content = raw.strip()
         if not content or "NCCL INFO" in content or "NCCL WARN" in content:
             continue  # log lines: read by detect_transport, never part of a table
         if "nThread" in content and "nGpus" in content:
-            new_table()
+            new_table(index)
             cur.params = {k.rstrip(":").replace(" ", "_"): v for k, v in _PARAM.findall(content)}
             continue
         m = _COLLECTIVE.search(content)
         if m:
             if "starting" in content:
-                new_table()
+                new_table(index)
             cur.collective = cur.collective or m.group(1)
             if "concluded" in content and cur.rows:
                 tables.append(cur)
-                cur = _Table()
+                cur = _Table(start=index + 1)
             continue
         m = _TESTS_VERSION.search(content)
         if m:
-            new_table()
+            new_table(index)
             cur.tests_version = m.group(1)
             continue
         m = _RANK_LINE.match(content)
         if m:
+            if cur.rows:
+                new_table(index)
             cur.devices.append(Device(int(m.group(1)), m.group(2), int(m.group(3)), m.group(4)))
             continue
         cols = _columns(content)
         if cols:
-            new_table()
+            new_table(index)
             cur.prefix, cur.group = cols
             continue
-        m = _OOB.search(content)
-        if m and content.startswith("#"):
-            cur.oob = (int(m.group(1)), None if m.group(2) is None else m.group(2) == "OK")
+        unit = _unit(content)
+        if unit or content.lstrip("#").split()[:1] == ["(B)"]:
+            cur.unit = unit or cur.unit
             continue
-        m = _AVG.search(content)
-        if m and content.startswith("#"):
-            cur.avg = (float(m.group(1)), m.group(2))
+        m = _OOB.match(content)
+        if m:
+            count, ok = int(m.group(1)), None if m.group(2) is None else m.group(2).upper() == "OK"
+            if cur.oob is None or count > cur.oob[0]:  # several unlabeled ranks: keep the worst
+                cur.oob = (count, ok)
+            continue
+        m = _AVG.match(content)
+        if m:
+            cur.avg = cur.avg or (float(m.group(1)), m.group(2) and m.group(2).upper())
             continue
         if content.startswith("#"):
             continue
         row = _row(cur, content)
         if row is not None:
+            if not cur.rows and not (cur.params or cur.prefix or cur.devices):
+                cur.start = index
             cur.rows.append(row)
     if cur.rows:
         tables.append(cur)
+    for table in tables:
+        table.unit, factor = _time_scale(table)
+        first, sequences = _first_sequence(table.rows)
+        table.dropped = len(table.rows) - len(first) if sequences > 1 else 0
+        table.rows = [_scaled(r, factor) for r in first]
+        if sequences > 1:
+            ranks: dict[int, Device] = {}
+            for d in table.devices:
+                ranks.setdefault(d.rank, d)  # one process's header per rank number
+            table.devices = list(ranks.values())
     return tables
-
-
-# --- transport (NCCL_DEBUG=INFO lines) -------------------------------------------------------------
-
-_PLUGIN_VERSION = re.compile(r"NET/OFI (?:Initializing|Using) (aws-ofi-nccl \S+)")
-_PLUGIN_LOADED = re.compile(r"NET/Plugin\s*:?\s*(?:Successfully loaded|Loaded) (?:external |net )?plugin", re.I)
-_PLUGIN_MISSING = re.compile(
-    r"NET/Plugin\s*:?\s*(?:No plugin found|Could not find|Failed to (?:open|load)|Plugin load returned)", re.I
-)
-_PROVIDER = re.compile(r"NET/OFI Selected [Pp]rovider is ([\w;-]+)")
-_NICS = re.compile(r"found (\d+) nics")
-_NETWORK = re.compile(r"NCCL INFO Using network (.+?)\s*$")
-_CHANNEL_NET = re.compile(r"via NET/([^/\s]+(?: [^/\s]+)*)/\d+(/GDRDMA)?")
-_OFI_NO_PROVIDER = re.compile(r"NET/OFI.*(?:No eligible providers|Could not find any optimal provider|Failed to initialize)", re.I)
-
-
-def detect_transport(lines: list[str]) -> Transport:
-    """Read the network choice from NCCL INFO/WARN lines (any rank, any order)."""
-    plugin = provider = network = None
-    nics = None
-    loaded: bool | None = None
-    gdr_seen = plain_seen = False
-    channel_nets: set[str] = set()
-    evidence: dict[str, str] = {}
-
-    def keep(kind: str, line: str) -> None:
-        evidence.setdefault(kind, line.strip()[:200])
-
-    for raw in lines:
-        line = raw.strip()
-        if "NCCL" not in line and "NET/" not in line:
-            continue
-        if "CollNet" in line:  # "Failed to find ncclCollNetPlugin_v4 symbol": the net plugin did load
-            continue
-        if "via NET/" in line:
-            for m in _CHANNEL_NET.finditer(line):
-                channel_nets.add(m.group(1))
-                if m.group(2):
-                    gdr_seen = True
-                else:
-                    plain_seen = True
-                keep("channel", line)
-            continue
-        if "NET/" not in line and "Using network" not in line:
-            continue
-        m = _PLUGIN_VERSION.search(line)
-        if m:
-            plugin, loaded = m.group(1), True
-            keep("plugin", line)
-        if _PLUGIN_LOADED.search(line):
-            loaded = True
-            keep("plugin", line)
-        if _PLUGIN_MISSING.search(line) and loaded is None:
-            loaded = False
-            keep("plugin", line)
-        if _OFI_NO_PROVIDER.search(line):
-            keep("provider", line)
-        m = _PROVIDER.search(line)
-        if m:
-            provider = provider or m.group(1)
-            loaded = True
-            keep("provider", line)
-            n = _NICS.search(line)
-            if n:
-                nics = int(n.group(1))
-        m = _NETWORK.search(line)
-        if m:
-            network = network or m.group(1)
-            keep("network", line)
-
-    socket_used = (network == "Socket") or ("Socket" in channel_nets)
-    libfabric = (network and "Libfabric" in network) or any("Libfabric" in n for n in channel_nets)
-    if socket_used:
-        verdict = "socket"
-    elif libfabric or provider:
-        verdict = "efa" if (provider is None or provider == "efa") and (libfabric or provider) else "ofi-other"
-    elif network == "IB" or "IB" in channel_nets:
-        verdict = "ib"
-    elif loaded is False:
-        # Plugin missing and no network line: NCCL falls back to its internal transports.
-        verdict = "socket"
-    else:
-        verdict = "unknown"
-    gdr = True if gdr_seen else (False if plain_seen else None)
-    order = ("network", "plugin", "provider", "channel")
-    return Transport(
-        verdict=verdict,
-        plugin_loaded=loaded,
-        plugin=plugin,
-        provider=provider,
-        network=network or (sorted(channel_nets)[0] if channel_nets else None),
-        gdr=gdr,
-        nics=nics,
-        evidence=tuple(evidence[k] for k in order if k in evidence),
-    )
-
-
-def read_transport(text: str) -> Transport:
-    """The transport verdict of any NCCL log text (launcher prefixes allowed), results or not."""
-    return detect_transport([split_prefix(line)[2] for line in text.splitlines()])
 
 
 # --- entry points ----------------------------------------------------------------------------------
 
 
-def _split_streams(text: str) -> tuple[str | None, dict[str | None, list[str]], list[str]]:
+def _split_streams(text: str) -> tuple[str | None, dict[str | None, list[tuple[int, str]]], list[str]]:
     launchers: dict[str, int] = {}
-    streams: dict[str | None, list[str]] = {}
+    streams: dict[str | None, list[tuple[int, str]]] = {}
     contents: list[str] = []
-    for line in text.splitlines():
+    for index, line in enumerate(text.splitlines()):
         launcher, rank, content = split_prefix(line)
         if launcher:
             launchers[launcher] = launchers.get(launcher, 0) + 1
-        streams.setdefault(rank, []).append(content)
+        streams.setdefault(rank, []).append((index, content))
         contents.append(content)
     launcher = max(launchers, key=launchers.get) if launchers else None
     return launcher, streams, contents
@@ -508,17 +543,42 @@ def _rank_key(label: str | None) -> tuple[int, int]:
     return (0, -1) if label is None else (1, int(label))
 
 
+def _binary_mentions(contents: list[str]) -> list[tuple[int, str]]:
+    """(line index, 'x_perf') for command lines and echoes naming an nccl-tests binary."""
+    found = []
+    for index, content in enumerate(contents):
+        if "_perf" not in content or content.lstrip().startswith("#") or "NCCL " in content:
+            continue
+        m = _PERF_BINARY.search(content)
+        if m:
+            found.append((index, m.group(1)))
+    return found
+
+
+def _normalise(name: str | None) -> str | None:
+    """'all_reduce' -> 'all_reduce_perf' (the form nccl-tests prints)."""
+    if name is None:
+        return None
+    name = name.strip()
+    return name if name.endswith("_perf") else f"{name}_perf"
+
+
 def parse_runs(text: str, logs: str = "", collective: str | None = None) -> list[NcclRun]:
     """Every result table in ``text`` (several when tests ran back to back), in order.
 
-    ``logs`` is extra NCCL_DEBUG output kept apart from the results (NCCL_DEBUG_FILE); the
-    transport verdict reads both. Raises NoResults when there is no result row at all.
+    Each table is named by its own ``# Collective test starting`` line, else by the nearest
+    ``x_perf`` mention (a command line, an echo) between the previous table and it.
+    ``collective`` names a lone unnamed table and is ignored otherwise. ``logs`` is extra
+    NCCL_DEBUG output kept apart from the results (NCCL_DEBUG_FILE); the transport verdict reads
+    both. Raises NoResults when there is no result row at all (with the transport it found).
     """
     launcher, streams, contents = _split_streams(text)
+    transport = detect_transport(text.splitlines() + logs.splitlines())
     with_tables = {label: tables for label, lines in streams.items() if (tables := _parse_stream(lines))}
     if not with_tables:
         raise NoResults(
-            "no nccl-tests result rows found (the test crashed, was killed, or this is not nccl-tests output)"
+            "no nccl-tests result rows found (the test crashed, was killed, or this is not nccl-tests output)",
+            transport,
         )
     warnings: list[str] = []
     label = min(with_tables, key=_rank_key)
@@ -527,19 +587,24 @@ def parse_runs(text: str, logs: str = "", collective: str | None = None) -> list
             f"{len(with_tables)} ranks each printed a result table: nccl-tests was probably built without MPI "
             f"(MPI=1) and every rank ran alone; reading rank {label}'s"
         )
-    transport = detect_transport(contents + logs.splitlines())
     nccl_version = next(
         (m.group(1) for c in contents + logs.splitlines() if "NCCL version" in c and (m := _NCCL_VERSION.search(c))),
         None,
     )
-    binary = next(
-        (m.group(1) for c in contents if "_perf" in c and "#" not in c[:1] and (m := _PERF_BINARY.search(c))), None
-    )
+    tables = with_tables[label]
+    mentions = _binary_mentions(contents)
+    lone = _normalise(collective) if len(tables) == 1 else None
 
     runs = []
-    for table in with_tables[label]:
+    previous_start = -1
+    for table in tables:
         notes = list(warnings)
-        name = table.collective or collective or binary
+        named = [name for index, name in mentions if previous_start < index <= table.start]
+        previous_start = table.start
+        name = table.collective or (named[-1] if named else None) or lone
+        avg = table.avg
+        if avg is not None and not math.isfinite(avg[0]):
+            notes.append(f"nccl-tests printed 'Avg bus bandwidth : {avg[0]}' (no valid average)")
         run = NcclRun(
             rows=tuple(table.rows),
             collective=name,
@@ -548,28 +613,35 @@ def parse_runs(text: str, logs: str = "", collective: str | None = None) -> list
             params=table.params,
             devices=tuple(table.devices),
             error_column=(table.group[3] if table.group and len(table.group) > 3 else None),
+            time_unit=table.unit or "us",
             out_of_bounds=table.oob[0] if table.oob else None,
             out_of_bounds_ok=table.oob[1] if table.oob else None,
-            avg_busbw_printed=table.avg[0] if table.avg else None,
-            avg_status=table.avg[1] if table.avg else None,
+            avg_busbw_printed=avg[0] if avg and math.isfinite(avg[0]) else None,
+            avg_status=avg[1] if avg else None,
+            footer=table.oob is not None or table.avg is not None,
             launcher=launcher,
             transport=transport,
         )
-        if table.avg is None:
-            notes.append("no 'Avg bus bandwidth' footer: the output is cut short or an excerpt")
+        if table.dropped:
+            notes.append(
+                f"the size sequence restarts inside this table ({table.dropped} more rows): several processes "
+                "printed it unlabeled (nccl-tests built without MPI, every rank ran alone) or -N repeated the "
+                f"sweep; reading the first sequence ({len(table.rows)} rows); run with srun -l to tell ranks apart"
+            )
+        if run.truncated:
+            notes.append(
+                f"no footer and the rows stop at {max(r.size for r in run.rows)} B, below maxBytes {run.max_bytes}: "
+                "the run was cut short (killed, timed out, crashed) or this is an excerpt"
+            )
+        elif not run.footer:
+            notes.append("no 'Avg bus bandwidth' footer: an excerpt, or the output was cut")
         elif run.average_matches is False:
             notes.append(
                 f"printed average {run.avg_busbw_printed:g} != recomputed {run.avg_busbw_recomputed:.4f} GB/s: "
                 "rows are missing from this output"
             )
-        runs.append(_with_warnings(run, notes))
+        runs.append(replace(run, warnings=tuple(notes)))
     return runs
-
-
-def _with_warnings(run: NcclRun, notes: list[str]) -> NcclRun:
-    from dataclasses import replace
-
-    return replace(run, warnings=tuple(notes))
 
 
 def parse_text(text: str, logs: str = "", collective: str | None = None) -> NcclRun:
@@ -577,7 +649,7 @@ def parse_text(text: str, logs: str = "", collective: str | None = None) -> Nccl
     runs = parse_runs(text, logs, collective)
     if len(runs) > 1:
         extra = f"{len(runs) - 1} more result table(s) follow in this output (parse_runs reads them all)"
-        return _with_warnings(runs[0], [*runs[0].warnings, extra])
+        return replace(runs[0], warnings=(*runs[0].warnings, extra))
     return runs[0]
 
 
