@@ -6,6 +6,9 @@
 Each entry says where its jobs run: ``runner`` (labels of a build node: source images compile
 PyTorch and need a large one) and ``gpu`` with ``gpu_runner`` (images with nccl-tests get a
 GPU smoke run). The labels are conventions of the example workflow; change them with options.
+``sagemaker`` says whether the flavor claims the SageMaker training contract (``builder smoke
+--sagemaker``), and ``base_ecr_account``/``base_ecr_region`` name the ECR registry a base image
+is pulled from (DLC bases; empty otherwise), so a job can log in there before building.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import re
 import click
 
 from builder.bake import target_name
+from builder.ecr import ECR_HOST_RE
 from builder.errors import BuilderError, UsageError
 from builder.matrix import ImageSpec
 
@@ -26,9 +30,11 @@ LARGE_FLAVORS = ("source",)
 OUTPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
-def ci_entry(spec: ImageSpec, build_labels=BUILD_LABELS, gpu_labels=GPU_LABELS) -> dict:
+def ci_entry(spec: ImageSpec, build_labels=BUILD_LABELS, gpu_labels=GPU_LABELS, sagemaker: bool = False) -> dict:
     runner = list(build_labels) + ([LARGE_LABEL] if spec.flavor in LARGE_FLAVORS else [])
     gpu = spec.has("nccl-tests")
+    host = spec.base_image.split("/", 1)[0]
+    ecr = ECR_HOST_RE.match(host)
     return {
         "name": spec.name,
         "flavor": spec.flavor,
@@ -40,7 +46,17 @@ def ci_entry(spec: ImageSpec, build_labels=BUILD_LABELS, gpu_labels=GPU_LABELS) 
         "runner": runner,
         "gpu": gpu,
         "gpu_runner": list(gpu_labels) if gpu else [],
+        "sagemaker": sagemaker,
+        "base_ecr_account": ecr["account"] if ecr else "",
+        "base_ecr_region": ecr["region"] if ecr else "",
     }
+
+
+def runs_sagemaker(spec: ImageSpec, flavor_claims: bool) -> bool:
+    """Whether `builder smoke --sagemaker` applies: the flavor claims the training contract and
+    the image has the toolkit (a -sagemaker DLC ships it; otherwise the sagemaker-toolkit stanza)."""
+    dlc = spec.base.dlc
+    return flavor_claims and (spec.has("sagemaker-toolkit") or (dlc is not None and dlc.variant == "sagemaker"))
 
 
 def _labels(value: str | None, default: tuple[str, ...], option: str) -> tuple[str, ...]:
@@ -66,7 +82,7 @@ def _labels(value: str | None, default: tuple[str, ...], option: str) -> tuple[s
 @click.option("--gpu-labels", metavar="L1,L2", help=f"Runner labels of a GPU node (default {','.join(GPU_LABELS)}).")
 @click.pass_obj
 def matrix_cmd(state, names, fmt, flavors, gpu_only, output_name, allow_empty, build_labels, gpu_labels):
-    """Print the images (name, flavor, tags, runner labels, GPU need) as a CI matrix.
+    """Print the images (name, flavor, tags, runner labels, GPU and SageMaker, base registry) as a CI matrix.
 
     \b
     builder matrix --format github >> "$GITHUB_OUTPUT"
@@ -84,7 +100,7 @@ def matrix_cmd(state, names, fmt, flavors, gpu_only, output_name, allow_empty, b
         specs = [s for s in specs if s.flavor in flavors]
     build = _labels(build_labels, BUILD_LABELS, "--build-labels")
     gpu = _labels(gpu_labels, GPU_LABELS, "--gpu-labels")
-    entries = [ci_entry(s, build, gpu) for s in specs]
+    entries = [ci_entry(s, build, gpu, runs_sagemaker(s, matrix.catalog.flavors[s.flavor].sagemaker)) for s in specs]
     if gpu_only:
         entries = [e for e in entries if e["gpu"]]
     if not entries and not allow_empty:
