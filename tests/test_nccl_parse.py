@@ -257,7 +257,7 @@ def test_v2_20_header_with_commit_hash():
 
 
 def test_another_net_plugin_with_pxn_channels_is_other_with_gdr():
-    run = parse_text(load_fixture("nccl_tests_321_rdma_plugin_pxn.txt"), collective="alltoall_perf")
+    run = parse_text(load_fixture("nccl_tests_321_rdma_plugin_pxn.txt"))
     assert len(run.rows) == 13 and run.collective == "alltoall_perf"
     assert all(r.redop == "none" and r.in_place.wrong is None for r in run.rows)
     t = run.transport

@@ -53,9 +53,51 @@ def test_run_without_gpu_says_so_in_one_line_and_exits_3(image, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_image_is_a_usage_error(image, tmp_path):
+def test_no_gpu_exit_comes_before_the_image_check(image, tmp_path):
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this host has nvidia-smi: the no-GPU path is not reachable")
     proc = builder_cli("nccl", "run", "builder-test/no-such-image:0", cwd=tmp_path)
+    assert proc.returncode == 3 and proc.stderr.startswith("error: no NVIDIA GPU"), proc.stderr
+
+
+def test_unknown_local_image_is_a_usage_error_and_never_pulled(image, tmp_path):
+    proc = builder_cli("nccl", "run", "builder-test/no-such-image:0", "--dry-run", cwd=tmp_path)
     assert proc.returncode == 2 and "not in the local Docker engine" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    from nccl_support import PlainRegistry
+
+    reg = PlainRegistry(tmp_path_factory.mktemp("registry")).start()
+    yield reg
+    reg.stop()
+
+
+def test_registry_reference_not_in_the_engine_is_pulled(image, registry, tmp_path):
+    from builder.errors import BuilderError
+    from builder.nccl.run import ensure_image, image_exists
+
+    client, tag = image
+    ref = f"127.0.0.1:{registry.port}/nccl-stand-in:{tag.rsplit(':', 1)[1]}"
+    subprocess.run([client, "tag", tag, ref], check=True, capture_output=True)
+    pushed = subprocess.run([client, "push", ref], capture_output=True, text=True)
+    assert pushed.returncode == 0, pushed.stderr
+    subprocess.run([client, "rmi", ref], check=True, capture_output=True)  # our tag only; the image stays
+    assert not image_exists(client, ref)
+    dry = builder_cli("nccl", "run", ref, "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0 and dry.stdout.splitlines()[0] == f"{client} pull {ref}"
+    said = []
+    try:
+        ensure_image(client, ref, progress=said.append)
+        assert image_exists(client, ref) and said == [f"pulling {ref} ..."]
+    finally:
+        subprocess.run([client, "rmi", ref], capture_output=True)
+    with pytest.raises(BuilderError) as exc:
+        ensure_image(client, f"127.0.0.1:{registry.port}/nccl-stand-in:no-such-tag")
+    message = str(exc.value)
+    assert exc.value.exit_code == 2 and message.startswith("cannot pull 127.0.0.1:") and "\n" not in message
 
 
 def test_engine_accepts_the_gpu_container_options(image, tmp_path):
@@ -63,7 +105,7 @@ def test_engine_accepts_the_gpu_container_options(image, tmp_path):
     proc = builder_cli("nccl", "run", tag, "--dry-run", "-g", "8", "-C", "all_reduce", "-C", "alltoall",
                        "--env", "FI_EFA_USE_DEVICE_RDMA=1", "--out", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    commands = [shlex.split(line) for line in proc.stdout.splitlines()]
+    commands = [shlex.split(line) for line in proc.stdout.splitlines()]  # the image is local: no pull line
     assert [c[-15] for c in commands] == ["all_reduce_perf", "alltoall_perf"]
     argv = commands[0]
     assert argv[1:3] == ["run", "--rm"]

@@ -20,8 +20,8 @@ from builder.errors import UsageError
 from builder.nccl import EXIT_FAIL, EXIT_NO_RESULTS, EXIT_PASS
 from builder.nccl.instances import INSTANCES, get_instance
 from builder.nccl.judge import judge as judge_run
-from builder.nccl.parse import NoResults, parse_runs, parse_text
-from builder.nccl.report import rows_text, summary_text, to_json, verdict_text
+from builder.nccl.parse import NoResults, parse_runs
+from builder.nccl.report import SCHEMA, rows_text, summary_text, to_json, verdict_text
 from builder.nccl.run import COLLECTIVES, RunOptions, parse_size
 
 EXIT_HELP = (
@@ -44,7 +44,7 @@ def _instance(name: str | None):
 
 
 def _emit_json(doc) -> None:
-    click.echo(json.dumps(doc, indent=2, sort_keys=False))
+    click.echo(json.dumps(doc, indent=2, sort_keys=False, allow_nan=False))
 
 
 @click.group("nccl")
@@ -101,27 +101,64 @@ def parse_cmd(files: tuple[str, ...], log_files: tuple[str, ...], as_json: bool,
               help="Pass threshold for busbw at >= 1 GiB, instead of the instance's.")
 @click.option("--expect-efa/--no-expect-efa", default=None,
               help="Fail unless NCCL used EFA (default: on for multi-node runs on EFA instance types).")
-@click.option("--collective", help="Collective name when the output does not say (e.g. all_reduce_perf).")
+@click.option("--collective", help="Judge only the table of this binary (e.g. all_reduce_perf); names a lone "
+              "unnamed table (outputs before nccl-tests 2.17 do not print it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report (rows, averages, transport, verdict).")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG plot of busbw.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG plot of busbw (one per table, named PATH-<collective>.png, when there are several).")
 def judge_cmd(file, log_files, instance, nodes, threshold, expect_efa, collective, as_json, plot_path) -> None:
-    """Pass or fail an nccl-tests output against the hardware, with the reason."""
+    """Pass or fail an nccl-tests output against the hardware, with the reason.
+
+    Every result table of the file is judged (several when tests ran back to back), or only the
+    one --collective names; the file passes when every judged table does.
+    """
     inst = _instance(instance)
     logs = "\n".join(_read(p) for p in log_files)
-    run = parse_text(_read(file), logs, collective=collective)
-    verdict = judge_run(run, inst, nodes=nodes, threshold=threshold, expect_efa=expect_efa)
+    runs = _select(parse_runs(_read(file), logs, collective=collective), collective, file)
+    if inst is not None and threshold is None and nodes is None and not all(r.hosts for r in runs):
+        raise UsageError(
+            f"--nodes N is needed: {file} does not list the hosts ('# Rank .. on HOST' lines), so the "
+            f"{inst.name} threshold (one node or several) cannot be chosen"
+        )
+    judged = [(run, judge_run(run, inst, nodes=nodes, threshold=threshold, expect_efa=expect_efa)) for run in runs]
+    plots = []
     if plot_path:
         from builder.nccl.plot import plot_busbw
 
-        plot_busbw(run, plot_path, verdict)
+        for run, verdict in judged:
+            path = plot_path if len(judged) == 1 else plot_path.with_name(
+                f"{plot_path.stem}-{run.collective or 'table'}{plot_path.suffix or '.png'}")
+            plots.append(plot_busbw(run, path, verdict))
+    passed = all(v.passed for _, v in judged)
     if as_json:
-        _emit_json(to_json(run, verdict, source=file))
+        reports = [to_json(run, verdict, source=file) for run, verdict in judged]
+        _emit_json(reports[0] if len(reports) == 1 else {"schema": SCHEMA, "source": file, "passed": passed,
+                                                         "reports": reports})
     else:
-        click.echo(summary_text(run, source=file))
-        click.echo(verdict_text(verdict))
-        if plot_path:
-            click.echo(f"plot: {plot_path}")
-    sys.exit(EXIT_PASS if verdict.passed else EXIT_FAIL)
+        for run, verdict in judged:
+            click.echo(summary_text(run, source=file))
+            click.echo(verdict_text(verdict))
+        for path in plots:
+            click.echo(f"plot: {path}")
+    sys.exit(EXIT_PASS if passed else EXIT_FAIL)
+
+
+def _select(runs, collective: str | None, file: str):
+    """The tables to judge: all of them, or those --collective names."""
+    if collective is None or len(runs) == 1:
+        if collective is not None and runs[0].collective not in (None, _perf_name(collective), _perf_name(collective) + "_mpi"):
+            raise UsageError(f"--collective {collective}: the table in {file} is {runs[0].collective}")
+        return runs
+    wanted = _perf_name(collective)
+    chosen = [r for r in runs if r.collective in (wanted, wanted + "_mpi")]
+    if not chosen:
+        names = ", ".join(r.collective or "unnamed" for r in runs)
+        raise UsageError(f"--collective {collective}: no such table in {file} (its tables: {names})")
+    return chosen
+
+
+def _perf_name(name: str) -> str:
+    return name if name.endswith("_perf") else f"{name}_perf"
 
 
 @nccl_group.command("instances")
@@ -131,10 +168,12 @@ def instances_cmd(as_json: bool) -> None:
     if as_json:
         _emit_json([i.to_dict() for i in INSTANCES.values()])
         return
-    click.echo(f"{'type':<15} {'GPUs':>4} {'GPU':<11} {'intra-node':<17} {'peak':>6} {'net':>6} {'1-node':>7} {'n-node':>7}")
+    click.echo("GB/s: peak per GPU link, net per node, n-peak = min of the two (multi-node); thresholds 1-node, n-node")
+    click.echo(f"{'type':<15} {'GPUs':>4} {'GPU':<11} {'intra-node':<17} {'peak':>6} {'net':>6} {'n-peak':>6} "
+               f"{'1-node':>7} {'n-node':>7}")
     for i in INSTANCES.values():
         click.echo(f"{i.name:<15} {i.gpus:>4} {i.gpu:<11} {i.intra:<17} {i.intra_peak:>6g} {i.network_peak:>6g} "
-                   f"{i.threshold(1):>7g} {i.threshold(2):>7g}")
+                   f"{i.peak(2):>6g} {i.threshold(1):>7g} {i.threshold(2):>7g}")
 
 
 def _resolve_image(state, target: str) -> str:
@@ -198,21 +237,25 @@ def run_cmd(state, target, collectives, min_bytes, max_bytes, factor, iters, war
     inst = _instance(instance)
     image = _resolve_image(state, target)
     docker = runner.docker_binary()
-    if not runner.image_exists(docker, image):
-        raise UsageError(f"image {image} is not in the local Docker engine: build it first (builder build) or pull it")
     devices = runner.efa_devices()
 
     if dry_run:
+        if not runner.image_exists(docker, image):
+            if not runner.is_registry_ref(image):
+                runner.ensure_image(docker, image)  # raises the one-line 'not in the local engine' error
+            click.echo(shlex.join([docker, "pull", image]))
         count = gpus or runner.gpu_count() or 1
         for coll in opts.collectives:
             cmd = runner.docker_command(docker, image, coll, opts, count, out_root / "nccl-debug", devices)
             click.echo(shlex.join(cmd))
         return
 
+    # GPUs first: a host without any exits 3 whatever the image (README), before a long pull.
     available = runner.require_gpus()
     if gpus and gpus > available:
         raise UsageError(f"--gpus {gpus}: this host has {available} GPU(s)")
     count = gpus or available
+    runner.ensure_image(docker, image, progress=lambda msg: click.echo(msg, err=True))
     if inst is None:
         detected = runner.detect_instance_type()
         inst = INSTANCES.get(detected) if detected else None

@@ -1,7 +1,8 @@
 """GPU instance types: GPU count, intra-node and network peaks, and all_reduce busbw thresholds.
 
 Peaks are physical, per GPU and per direction for the intra-node link (what all_reduce busbw is
-measured against on one node) and per node for the network (what it tends to across nodes).
+measured against on one node) and per node for the network (what it tends to across nodes; the
+multi-node peak is the smaller of the two, [BUS]).
 Thresholds are fractions of those peaks, applied to the best busbw at large messages (>= 1 GiB):
 a smoke check that catches broken setups (sockets instead of EFA, P2P off, a GPU missing), not a
 benchmark target. Sources, one per figure:
@@ -22,7 +23,17 @@ Measured (for the fractions; ../shared/reference/nccl-enroot.md):
          nccl-tests README) = 1.1..1.6 x the 50 / 400 GB/s network peak (tree/NVLS at 2 nodes can
          exceed it, NVIDIA/nccl-tests issue 22); 2 x p4d in 2021: 32.8 GB/s at 1 GB (aws-samples/
          aws-efa-eks README) = 0.66.
-[I]      inferred, no public measurement found: the PCIe-only single-node fraction.
+[M4]     8 x RTX 5090 on PCIe 5.0 (63 GB/s per direction), one node: 28 GB/s all_reduce busbw, 0.44 of
+         the link; "on PCI systems, the performance you get is usually determined by the bandwidth
+         your CPU and memory can deliver" (NCCL maintainer, NVIDIA/nccl issue 1639).
+[A]      engineering assumption, not a measurement: the PCIe-only single-node fraction 0.25. No public
+         g5/g6/g6e.48xlarge all_reduce figure was found; [M4] shows PCIe-only nodes reaching well
+         under half their link, bounded by the host, so the floor is set low enough for that and
+         still catches a broken node (P2P/SHM off, a GPU missing: busbw falls to a few GB/s).
+[BUS]    nccl-tests doc/PERFORMANCE.md: busbw is what each rank moves over its own link per second
+         (comparable to the hardware peak whatever the rank count), so it cannot exceed the GPU's
+         own link either: across nodes the peak is the smaller of the per-GPU link and the per-node
+         network (a PCIe 4.0 x16 g6e GPU caps a 400 Gbps = 50 GB/s node at 31.5 GB/s).
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from builder.errors import UsageError
 
 # Fractions of the physical peak that a healthy node or cluster clears at >= 1 GiB.
 NVSWITCH_SINGLE = 0.6  # [M1] 0.77, [M2] 0.82: 0.6 leaves room for older NCCL and noisy runs
-PCIE_SINGLE = 0.25  # [I] PCIe rings lose to host bridges and CPU NUMA hops; catches P2P/SHM breakage
+PCIE_SINGLE = 0.25  # [A] engineering assumption (see [M4]): catches P2P/SHM breakage, not a target
 MULTI_NODE = 0.6  # [M3] 0.66 .. 1.6: below 0.6 of the network peak something is wrong
 
 A100_NVLINK = 300.0  # [A100]
@@ -59,15 +70,27 @@ class Instance:
         return self.network_gbps / 8
 
     def peak(self, nodes: int) -> float:
-        return self.intra_peak if nodes <= 1 else self.network_peak
+        """GB/s busbw cannot exceed: the per-GPU link on one node; across nodes also the network [BUS]."""
+        return self.intra_peak if nodes <= 1 else min(self.intra_peak, self.network_peak)
+
+    def fraction(self, nodes: int) -> float:
+        return self.single_fraction if nodes <= 1 else self.multi_fraction
+
+    def peak_label(self, nodes: int) -> str:
+        if nodes <= 1:
+            return f"per-GPU {self.intra} peak"
+        if self.network_peak <= self.intra_peak:
+            return "per-node network peak"
+        return f"per-GPU {self.intra} peak (below the {self.network_peak:g} GB/s per-node network)"
 
     def threshold(self, nodes: int) -> float:
-        return round(self.peak(nodes) * (self.single_fraction if nodes <= 1 else self.multi_fraction), 2)
+        return round(self.peak(nodes) * self.fraction(nodes), 2)
 
     def to_dict(self) -> dict:
         return {
             **asdict(self),
             "network_peak": self.network_peak,
+            "multi_node_peak": self.peak(2),
             "single_node_threshold": self.threshold(1),
             "multi_node_threshold": self.threshold(2),
         }

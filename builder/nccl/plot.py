@@ -35,9 +35,9 @@ def plot_busbw(run: NcclRun, path: Path, verdict: Verdict | None = None, title: 
 
     top = max(r.best_busbw for r in run.rows)
     if verdict and verdict.physical_peak:
-        kind = "per-node network" if (verdict.nodes or 1) > 1 else "per-GPU link"
+        kind = verdict.peak_label or ("per-node network" if (verdict.nodes or 1) > 1 else "per-GPU link")
         ax.axhline(verdict.physical_peak, color="0.35", ls=":", lw=1.4,
-                   label=f"physical peak ({kind}) {verdict.physical_peak:g} GB/s")
+                   label=f"physical peak {verdict.physical_peak:g} GB/s ({kind})")
         top = max(top, verdict.physical_peak)
     if verdict and verdict.threshold:
         # Drawn only where it applies: the bandwidth-bound sizes (>= 1 GiB, or the largest run).

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import math
+
 from builder.nccl.judge import Verdict, human_bytes
 from builder.nccl.parse import NcclRun
 
 SCHEMA = "builder.nccl/1"
 
 
+def _finite(value):
+    """JSON has no NaN or Infinity: a non-finite number becomes null (strict parsers reject them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def to_json(run: NcclRun, verdict: Verdict | None = None, source: str | None = None) -> dict:
     doc = {"schema": SCHEMA, "source": source, **run.to_dict()}
     if verdict is not None:
         doc["verdict"] = verdict.to_dict()
-    return doc
+    return _finite(doc)
 
 
 def _placement(m) -> str:
@@ -41,7 +54,8 @@ def summary_text(run: NcclRun, source: str | None = None) -> str:
         + (f", {run.nranks} ranks on {len(run.hosts)} host(s)" if run.nranks else "")
         + (f", NCCL {run.nccl_version}" if run.nccl_version else "")
         + (f", via {run.launcher}" if run.launcher else ""),
-        f"  avg busbw: {printed} printed, {run.avg_busbw_recomputed:.4f} recomputed (GB/s)",
+        f"  avg busbw: {printed} printed, {run.avg_busbw_recomputed:.4f} recomputed (GB/s)"
+        + ("; times were printed in ms" if run.time_unit == "ms" else ""),
         f"  peak busbw: {peak.busbw:g} GB/s at {human_bytes(peak.size)} ({peak.placement})",
         f"  transport: {run.transport.summary()}",
     ]

@@ -108,6 +108,36 @@ def image_exists(docker: str, ref: str) -> bool:
     return proc.returncode == 0
 
 
+def is_registry_ref(ref: str) -> bool:
+    """A reference naming its registry ('123.dkr.ecr.us-east-1.amazonaws.com/img:1', 'host:5000/img',
+    'localhost/img'): only those are pulled, so a mistyped local name never goes to Docker Hub."""
+    first, slash, _ = ref.partition("/")
+    return bool(slash) and ("." in first or ":" in first or first == "localhost")
+
+
+def ensure_image(docker: str, ref: str, progress=None, timeout: int = 3600) -> None:
+    """The image is in the local engine afterwards, pulled when it is a registry reference."""
+    if image_exists(docker, ref):
+        return
+    if not is_registry_ref(ref):
+        raise UsageError(
+            f"image {ref} is not in the local Docker engine: build it (builder build), or give its full "
+            "registry reference (e.g. the ECR URI) to have it pulled"
+        )
+    if progress:
+        progress(f"pulling {ref} ...")
+    try:
+        proc = subprocess.run([docker, "pull", ref], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BuilderError(f"docker pull {ref} did not finish within {timeout}s") from None
+    if proc.returncode != 0:
+        said = [line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+        raise UsageError(
+            f"cannot pull {ref}: {said[-1] if said else f'docker pull exited {proc.returncode}'} "
+            "(log in to the registry first, e.g. aws ecr get-login-password | docker login ..., or build it)"
+        )
+
+
 def _launch_script(tests_dir: str | None) -> str:
     """Finds the binary inside the image ($1), then execs it with the remaining arguments."""
     if tests_dir:
