@@ -5,7 +5,8 @@ Pipeline (one module per stage):
   layers.py         apply each layer onto a root filesystem (whiteouts, opaque dirs, links)
   enroot_config.py  write what ``enroot start`` reads (/etc/rc, /etc/environment, /etc/fstab)
   squash.py         mksquashfs with enroot-like options
-  atomic.py         temporary file beside the destination, atomic rename, stale clean-up
+  atomic.py         temporary file beside the destination, atomic rename, destination lock, stale clean-up
+  tree.py           removing the unpacked image (read-only folders included)
   sidecar.py        NAME.sqsh.json: digest, matrix entry, versions, sha256; skip when unchanged
 
 ``method="enroot"`` hands the image to ``enroot import dockerd://`` instead (where enroot is
@@ -19,6 +20,7 @@ import hashlib
 import os
 import re
 import shutil
+import fcntl
 import signal
 import subprocess
 import tarfile
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from builder.errors import BuilderError, UsageError
-from builder.export import atomic, container, enroot_config, sidecar, source, squash
+from builder.export import atomic, container, enroot_config, sidecar, source, squash, tree
 from builder.export.layers import RootfsBuilder, enroot_excludes
 
 FORMATS = ("sqsh", "tar")
@@ -66,11 +68,15 @@ class ExportRequest:
     force: bool = False
     work_dir: Path | None = None  # where the image is unpacked (default: the system temp dir)
     matrix_entry: Mapping[str, Any] | None = None  # name, flavor, components, tags of the matrix image
+    # When matrix_entry is None: finds the entry from the image's labels (its title label), or None.
+    matrix_lookup: Callable[[Mapping[str, str]], Mapping[str, Any] | None] | None = field(default=None, compare=False)
 
-    def settings(self) -> dict[str, Any]:
-        """What decides the file's bytes: a change here re-exports even an unchanged image."""
+    def settings(self, repo_tag: str | None = None) -> dict[str, Any]:
+        """What decides the file's bytes: a change here re-exports even an unchanged image.
+
+        repo_tag: for tar, the tag written into it (what ``docker load`` restores)."""
         if self.fmt == "tar":
-            return {"format": "tar", "exporter_revision": sidecar.EXPORTER_REVISION}
+            return {"format": "tar", "repo_tag": repo_tag, "exporter_revision": sidecar.EXPORTER_REVISION}
         return {
             "format": "sqsh",
             "method": self.method,
@@ -151,14 +157,26 @@ def export_image(request: ExportRequest, *, progress: Callable[[str], None] = la
         raise UsageError("--keep-owners needs root (files are created with the image's owners); drop it or run as root")
     if request.fmt == "sqsh" and request.method == "native":
         squash.find_mksquashfs()
-    atomic.check_writable_folder(dest)
     side = sidecar.sidecar_path(dest)
-    for stale in atomic.clean_stale(dest, side):
-        progress(f"removed stale temporary {stale}")
-
+    atomic.check_writable_folder(dest, side)
     client = client or _docker_client()
     image = _get_image(client, request.ref)
-    settings = request.settings()
+
+    lock = atomic.DestinationLock(dest)
+    if not lock.acquire(progress):
+        progress(f"note: no file lock in {dest.parent} (filesystem without flock); concurrent exports "
+                 "to this file are not serialised")
+    try:
+        for stale in atomic.clean_stale(dest, side, locked=lock.held):
+            progress(f"removed stale temporary {stale}")
+        return _export_locked(request, client, image, dest, side, progress, started)
+    finally:
+        lock.release()
+
+
+def _export_locked(request: ExportRequest, client, image, dest: Path, side: Path, progress, started: float) -> ExportResult:
+    repo_tag = _tar_tag(request.ref, image) if request.fmt == "tar" else None
+    settings = request.settings(repo_tag)
     if not request.force:
         current = sidecar.up_to_date(dest, image.id, settings)
         if current:
@@ -166,10 +184,11 @@ def export_image(request: ExportRequest, *, progress: Callable[[str], None] = la
                                 time.monotonic() - started)
 
     temp = atomic.temp_name(dest)
+    side_temp = atomic.temp_name(side)
     details: dict[str, Any] = {}
     try:
         if request.fmt == "tar":
-            digest = _write_tar(client, image, request.ref, temp, progress)
+            digest = _write_tar(image, request.ref, repo_tag, temp, progress)
         else:
             if request.method == "enroot":
                 _run_enroot(request, temp, progress)
@@ -178,15 +197,18 @@ def export_image(request: ExportRequest, *, progress: Callable[[str], None] = la
             _pause("hash")
             progress("hashing the squashfs")
             digest = _sha256(temp)
-        facts = sidecar.file_facts(temp)
-        meta = _metadata(request, image, settings, dest, digest, facts)
         _pause("publish")
         # Drop the old sidecar first: if we die between the two renames below, the next run
         # finds no matching sidecar and re-exports, rather than trusting a stale one.
-        atomic.discard(side)
+        try:
+            atomic.discard(side)
+        except OSError as exc:
+            raise atomic.os_error_line(exc, side, "removing the old sidecar") from None
         atomic.publish(temp, dest)
+        # The facts the skip check compares come from the published, flushed file.
+        facts = sidecar.file_facts(dest)
+        meta = _metadata(request, image, settings, dest, digest, facts)
         _pause("sidecar")
-        side_temp = atomic.temp_name(side)
         try:
             side_temp.write_bytes(sidecar.render(meta))
         except OSError as exc:
@@ -203,7 +225,7 @@ def export_image(request: ExportRequest, *, progress: Callable[[str], None] = la
         raise
     finally:
         atomic.discard(temp)
-        atomic.discard(atomic.temp_name(side))
+        atomic.discard(side_temp)
     progress(f"exported {request.ref} to {dest} ({facts['size'] / 1e9:.2f} GB)")
     return ExportResult(dest, side, False, image.id, digest, facts["size"], time.monotonic() - started, details)
 
@@ -220,7 +242,10 @@ def _metadata(request: ExportRequest, image, settings, dest: Path, digest: str, 
 
     attrs = image.attrs
     labels = (attrs.get("Config") or {}).get("Labels") or {}
-    entry = dict(request.matrix_entry) if request.matrix_entry else None
+    entry = request.matrix_entry
+    if entry is None and request.matrix_lookup is not None:
+        entry = request.matrix_lookup(labels)
+    entry = dict(entry) if entry else None
     return {
         "image": {
             "ref": request.ref,
@@ -262,17 +287,21 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_tar(client, image, ref: str, temp: Path, progress) -> str:
+def _tar_tag(ref: str, image) -> str | None:
+    """The tag the tar names the image by: as asked, so docker load restores that tag ("repo"
+    means "repo:latest"); none for an image given by id or digest."""
+    return next((r for r in (ref, f"{ref}:latest") if r in image.tags), None)
+
+
+def _write_tar(image, ref: str, repo_tag: str | None, temp: Path, progress) -> str:
     """``docker save`` straight into the temporary file, hashing on the way (no second read)."""
-    # The tar names the image as asked, so docker load restores that tag ("repo" means "repo:latest").
-    named = next((r for r in (ref, f"{ref}:latest") if r in image.tags), False)
     h = hashlib.sha256()
     written = 0
     next_report = 1 << 30
     progress(f"saving {ref} as a docker save tar")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     with os.fdopen(fd, "wb") as out:
-        for chunk in image.save(chunk_size=1 << 20, named=named):
+        for chunk in image.save(chunk_size=1 << 20, named=repo_tag or False):
             out.write(chunk)
             h.update(chunk)
             written += len(chunk)
@@ -283,16 +312,49 @@ def _write_tar(client, image, ref: str, temp: Path, progress) -> str:
     return h.hexdigest()
 
 
-def _clean_stale_workdirs(parent: Path) -> None:
-    pattern = re.compile(rf"^builder-export-{re.escape(atomic._HOST)}-(\d+)-")
+WORKDIR_PREFIX = "builder-export-"
+_WORKDIR = re.compile(rf"^{WORKDIR_PREFIX}[A-Za-z0-9-]+\.(?P<boot>[0-9a-f]{{8}})-(?P<ns>\d+)\.(?P<pid>\d+)-")
+_OLD_WORKDIR = re.compile(rf"^{WORKDIR_PREFIX}[A-Za-z0-9-]+-(?P<pid>\d+)-")
+
+
+def _lock_dir(path: str) -> int | None:
+    """An fd holding an exclusive flock on folder ``path``, or None when another process holds it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        entries = list(os.scandir(parent))
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError:
+        return fd  # no flock on this filesystem: owner_gone decides from the name alone
+    return fd
+
+
+def _clean_stale_workdirs(parent: Path) -> None:
+    """Remove unpacked images of exports that are gone. A live export holds an flock on its
+    work folder, so one whose lock can be taken, made under this kernel, is stale."""
+    try:
+        entries = [e for e in os.scandir(parent) if e.name.startswith(WORKDIR_PREFIX)]
     except OSError:
         return
+    now = time.time()
     for entry in entries:
-        match = pattern.match(entry.name)
-        if match and int(match[1]) != os.getpid() and not atomic._alive(int(match[1])):
-            shutil.rmtree(entry.path, ignore_errors=True)
+        match = _WORKDIR.match(entry.name) or _OLD_WORKDIR.match(entry.name)
+        if not match or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            fd = _lock_dir(entry.path)
+            if fd is None:
+                continue
+            try:
+                groups = match.groupdict()
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+                if atomic.owner_gone(groups.get("boot"), groups.get("ns"), int(match["pid"]), locked=True, age=age):
+                    tree.remove_tree(entry.path)
+            finally:
+                os.close(fd)
+        except OSError:
+            continue  # another user's, or just removed: not ours to worry about
 
 
 def _write_native_sqsh(client, image, request: ExportRequest, temp: Path, progress) -> dict[str, Any]:
@@ -301,9 +363,15 @@ def _write_native_sqsh(client, image, request: ExportRequest, temp: Path, progre
         raise BuilderError(f"work folder {parent} does not exist; create it or pass another --work-dir")
     _clean_stale_workdirs(parent)
     try:
-        work = Path(tempfile.mkdtemp(prefix=f"builder-export-{atomic._HOST}-{os.getpid()}-", dir=parent))
+        # Made under a name the clean-up ignores, locked, then given its real name: another
+        # export's clean-up never sees it unlocked.
+        staging = tempfile.mkdtemp(prefix=f".{WORKDIR_PREFIX}", dir=parent)
+        work_lock = _lock_dir(staging)
+        work = parent / f"{WORKDIR_PREFIX}{atomic.IDENTITY}.{os.getpid()}-{Path(staging).name.rpartition('-')[2]}"
+        os.rename(staging, work)
     except OSError as exc:
-        raise atomic.os_error_line(exc, parent, "creating a work folder in") from None
+        raise atomic.os_error_line(exc, parent, "creating a work folder in", work_dir=True) from None
+    builder = None
     try:
         rootfs = work / "rootfs"
         rootfs.mkdir()
@@ -332,15 +400,21 @@ def _write_native_sqsh(client, image, request: ExportRequest, temp: Path, progre
             builder.ensure_dir(enroot_config.workdir(config))
             builder.finish()
         except OSError as exc:
-            raise atomic.os_error_line(exc, work, "unpacking the image into") from None
+            raise atomic.os_error_line(exc, work, "unpacking the image into", work_dir=True) from None
+        finally:
+            builder.close()
         if builder.stats.skipped:
             progress(f"warning: {len(builder.stats.skipped)} entries could not be created "
-                     f"(devices need root), first: /{builder.stats.skipped[0]}")
+                     f"(device nodes need root), first: /{builder.stats.skipped[0]}")
+        if builder.stats.xattrs_dropped:
+            progress(f"warning: {builder.stats.xattrs_dropped} extended attributes (e.g. file capabilities) "
+                     "could not be set as this user and are not in the image; export as root to keep them")
         _pause("squash")
         squash_started = time.monotonic()
         progress(f"mksquashfs {' '.join(request.squash_options)} with {request.processors} processors")
         squash.mksquashfs(str(rootfs), str(temp), request.squash_options, processors=request.processors,
-                          all_root=not request.keep_owners, log_path=str(work / "mksquashfs.log"))
+                          all_root=not request.keep_owners, log_path=str(work / "mksquashfs.log"),
+                          mode_fixes=builder.mode_fixes)
         return {
             "unpack_seconds": round(squash_started - unpack_started, 2),
             "squash_seconds": round(time.monotonic() - squash_started, 2),
@@ -350,7 +424,11 @@ def _write_native_sqsh(client, image, request: ExportRequest, temp: Path, progre
             "opaque_dirs": builder.stats.opaque_dirs,
         }
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            tree.remove_tree(work)
+        finally:
+            if work_lock is not None:
+                os.close(work_lock)
 
 
 def _run_enroot(request: ExportRequest, temp: Path, progress) -> None:

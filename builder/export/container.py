@@ -11,7 +11,10 @@ label naming this process so one left by a killed export is removed by the next.
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
+import re
+import time
 from typing import IO, Callable
 
 from builder.export import atomic
@@ -24,11 +27,25 @@ def engine_excludes(rel: str) -> bool:
     return rel.startswith("dev/") or rel == ".dockerenv"
 
 
+def _age(container) -> float:
+    created = str(container.attrs.get("Created") or "")
+    try:  # '2024-05-01T10:00:00.123456789Z': at most microseconds for fromisoformat
+        stamp = _dt.datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", created).replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return time.time() - stamp.timestamp()
+
+
 def clean_stale_containers(client) -> int:
+    """Remove containers of exports that are gone (label: host.boot-pidns:pid, see atomic.owner_gone)."""
     removed = 0
     for container in client.containers.list(all=True, filters={"label": OWNER_LABEL}):
-        host, _, pid = (container.labels.get(OWNER_LABEL) or "").partition(":")
-        if host == atomic._HOST and pid.isdigit() and not atomic._alive(int(pid)):
+        identity, _, pid = (container.labels.get(OWNER_LABEL) or "").rpartition(":")
+        match = re.match(r"^[A-Za-z0-9-]+\.(?P<boot>[0-9a-f]{8})-(?P<ns>\d+)$", identity)
+        if not pid.isdigit():
+            continue
+        if atomic.owner_gone(match["boot"] if match else None, match["ns"] if match else None, int(pid),
+                             locked=False, age=_age(container)):
             container.remove(force=True)
             removed += 1
     return removed
@@ -37,7 +54,7 @@ def clean_stale_containers(client) -> int:
 def apply_container_export(client, image, apply: Callable[[IO[bytes]], None]) -> None:
     clean_stale_containers(client)
     container = client.containers.create(image.id, command=["/"], network_disabled=True,
-                                         labels={OWNER_LABEL: f"{atomic._HOST}:{os.getpid()}"})
+                                         labels={OWNER_LABEL: f"{atomic.IDENTITY}:{os.getpid()}"})
     try:
         apply(ChunkReader(container.export(chunk_size=1 << 20)))
     finally:

@@ -23,6 +23,11 @@ def _quoted(words: list[str]) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
+def _one_line(text: str) -> str:
+    """A label as one comment line: a newline in a label value must not start a shell line in /etc/rc."""
+    return str(text).replace("\n", "\\n").replace("\r", "\\r")
+
+
 def render(config: Mapping) -> dict[str, str]:
     """Path (relative to the root) -> content, from the engine's image ``Config``."""
     env = list(config.get("Env") or [])
@@ -36,7 +41,7 @@ def render(config: Mapping) -> dict[str, str]:
 
     fstab = "".join(f"${{ENROOT_ROOTFS}}{v} {v} none x-create=dir,bind,rw,nosuid,nodev\n" for v in volumes)
     environment = "".join(f"{line}\n" for line in env)
-    rc = "".join(f"# {key} {value}\n" for key, value in labels.items())
+    rc = "".join(f"# {_one_line(key)} {_one_line(value)}\n" for key, value in labels.items())
     if rc:
         rc += "\n"
     with_args = f"exec {_quoted(entrypoint)} \"$@\"" if entrypoint else 'exec "$@"'

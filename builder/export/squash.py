@@ -1,10 +1,18 @@
 """mksquashfs options (compression, processors) and running it.
 
 Defaults follow enroot so a .sqsh made here behaves like one from ``enroot import``:
-``ENROOT_SQUASH_OPTIONS`` when set, else enroot's own default ``-comp lzo -noD`` (lzo
-because every squashfs reader has it; the data blocks stay uncompressed so it is fast).
-``--compression zstd`` (level 3 unless given) is several times smaller for about the same
-time, but needs squashfs-tools >= 4.4 / kernel >= 4.14 on the nodes that unsquash it.
+``ENROOT_SQUASH_OPTIONS`` from the environment, else from ``/etc/enroot/enroot.conf`` (read
+the way enroot reads it, minus shell expansion), else enroot's own default
+``-comp lzo -noD -exit-on-error`` (lzo because every squashfs reader has it; the data blocks
+stay uncompressed so it is fast). ``--compression zstd`` (level 3 unless given) is several
+times smaller for about the same time, but needs squashfs-tools >= 4.4 / kernel >= 4.14 on
+the nodes that unsquash it.
+
+A file mksquashfs cannot read must fail the export, never end up empty in the image, so
+``-exit-on-error`` is always passed (squashfs-tools >= 4.5; older ones have their log
+checked instead). Options builder sets itself (``-processors``, ``-no-progress``,
+``-noappend``, ``-all-root``) are taken out of the given ones; a ``-processors N`` there is
+used when ``--processors`` is not given.
 """
 
 from __future__ import annotations
@@ -16,11 +24,17 @@ import shlex
 import shutil
 import signal
 import subprocess
-from typing import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Mapping, Sequence
 
 from builder.errors import BuilderError, UsageError
 
-ENROOT_DEFAULT = ("-comp", "lzo", "-noD")
+ENROOT_DEFAULT = ("-comp", "lzo", "-noD", "-exit-on-error")
+ENROOT_CONF = "/etc/enroot/enroot.conf"  # where enroot reads its system configuration
+EXIT_ON_ERROR = "-exit-on-error"
+# Set by builder itself: dropped from given options (-processors N is used as the default count).
+_OWN_FLAGS = ("-no-progress", "-noappend", "-all-root", "-progress")
 COMPRESSORS = ("gzip", "lzo", "lz4", "xz", "zstd", "none")
 _LEVEL_FLAG = {"gzip": "-Xcompression-level", "zstd": "-Xcompression-level"}
 _LEVEL_RANGE = {"gzip": (1, 9), "zstd": (1, 22)}
@@ -50,31 +64,94 @@ def compression_options(spec: str) -> tuple[str, ...]:
     return tuple(options)
 
 
-def squash_options(compression: str | None, extra: str | None, env: dict | None = None) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class SquashChoice:
+    options: tuple[str, ...]  # what decides the file's content (recorded in the sidecar)
+    processors: int | None  # a -processors N found in the given options
+    origin: str  # where the options came from, for messages
+
+
+def read_enroot_conf(path: str = ENROOT_CONF) -> dict[str, str]:
+    """ENROOT_* settings of an enroot.conf: 'KEY VALUE' (or KEY=VALUE) lines, '#' lines ignored.
+    enroot expands values with the shell; a value that needs expansion cannot be read here."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    found = {}
+    for number, line in enumerate(lines, 1):
+        match = re.match(r"^(ENROOT_[A-Z_]+)[ \t=]+(.*)$", line.strip())
+        if not match:
+            continue
+        key, value = match[1], match[2].strip()
+        if any(c in value for c in "$`"):
+            raise UsageError(f"{path}:{number}: {key} uses shell expansion, which builder cannot evaluate; "
+                             f"set {key} in the environment instead")
+        try:
+            found[key] = " ".join(shlex.split(value))
+        except ValueError:
+            raise UsageError(f"{path}:{number}: {key} has unbalanced quotes") from None
+    return found
+
+
+def _setting(name: str, env: Mapping[str, str], conf_path: str) -> tuple[str | None, str]:
+    # As enroot: a non-empty environment variable wins over the configuration file.
+    if env.get(name, "").strip():
+        return env[name], f"${name}"
+    value = read_enroot_conf(conf_path).get(name)
+    return (value, f"{name} in {conf_path}") if value and value.strip() else (None, "")
+
+
+def choose(compression: str | None, extra: str | None, env: Mapping[str, str] | None = None,
+           conf_path: str = ENROOT_CONF) -> SquashChoice:
     """The options that decide the file's content: --compression, else --squash-options,
-    else ENROOT_SQUASH_OPTIONS, else enroot's default."""
+    else ENROOT_SQUASH_OPTIONS (environment, then enroot.conf), else enroot's default."""
     env = os.environ if env is None else env
     if compression and extra:
         raise UsageError("give either --compression or --squash-options, not both")
     if compression:
-        return compression_options(compression)
-    text = extra if extra is not None else env.get("ENROOT_SQUASH_OPTIONS")
+        return SquashChoice(compression_options(compression), None, "--compression")
+    if extra is not None:
+        text, origin = extra, "--squash-options"
+    else:
+        text, origin = _setting("ENROOT_SQUASH_OPTIONS", env, conf_path)
     if text is None or not text.strip():
-        return ENROOT_DEFAULT
-    words = tuple(shlex.split(text))
+        return SquashChoice(ENROOT_DEFAULT, None, "enroot's default")
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        raise UsageError(f"mksquashfs options from {origin} have unbalanced quotes: {text!r}") from None
     for word in words:
         if not _SAFE_OPTION.match(word):
-            raise UsageError(f"mksquashfs option {word!r} has characters outside [A-Za-z0-9_.,:=+-]")
-    for reserved in ("-processors", "-all-root", "-noappend", "-no-progress"):
-        if reserved in words:
-            raise UsageError(f"{reserved} is set by builder export itself; remove it from the squash options")
-    return words
+            raise UsageError(f"mksquashfs option {word!r} (from {origin}) has characters outside [A-Za-z0-9_.,:=+-]")
+    options: list[str] = []
+    processors = None
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "-processors":
+            value = words[i + 1] if i + 1 < len(words) else ""
+            if not value.isdigit() or int(value) < 1:
+                raise UsageError(f"-processors in {origin} needs a positive number, got {value!r}")
+            processors = int(value)
+            i += 2
+            continue
+        if word not in _OWN_FLAGS:
+            options.append(word)
+        i += 1
+    return SquashChoice(tuple(options), processors, origin)
 
 
-def default_processors(env: dict | None = None) -> int:
+def squash_options(compression: str | None, extra: str | None, env: Mapping[str, str] | None = None,
+                   conf_path: str = ENROOT_CONF) -> tuple[str, ...]:
+    return choose(compression, extra, env, conf_path).options
+
+
+def default_processors(env: Mapping[str, str] | None = None, conf_path: str = ENROOT_CONF) -> int:
     env = os.environ if env is None else env
-    value = env.get("ENROOT_MAX_PROCESSORS")
-    if value and value.isdigit() and int(value) > 0:
+    value, _origin = _setting("ENROOT_MAX_PROCESSORS", env, conf_path)
+    if value and value.strip().isdigit() and int(value) > 0:
         return int(value)
     return len(os.sched_getaffinity(0)) or 1
 
@@ -95,23 +172,67 @@ def _die_with_parent() -> None:
         pass
 
 
+@lru_cache(maxsize=None)
+def mksquashfs_version(path: str) -> tuple[int, ...]:
+    """(4, 5, 1) from 'mksquashfs version 4.5.1 (2022/03/17)'; (0,) when it cannot tell."""
+    try:
+        out = subprocess.run([path, "-version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return (0,)
+    match = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", out)
+    return tuple(int(g) for g in match.groups() if g is not None) if match else (0,)
+
+
+def pseudo_line(path: str, mode: int) -> str:
+    """A pseudo-file definition giving ``path`` (relative to the squashfs root) ``mode``, owned by root."""
+    if "\n" in path or "\r" in path:
+        raise BuilderError(f"/{path!r} is unreadable to this user and its name cannot be passed to mksquashfs; "
+                           "export as root")
+    quoted = path.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" m {mode:o} 0 0\n'
+
+
+_READ_FAILURE = re.compile(r"^(?:FATAL ERROR:?\s*)?(Failed to read file .*|Could not open .*|Cannot stat .*)$")
+
+
 def mksquashfs(rootfs: str, output: str, options: Sequence[str], *, processors: int,
-               all_root: bool, log_path: str) -> None:
-    """Run mksquashfs; on failure raise one line naming the cause (disk full, bad option ...)."""
-    command = [find_mksquashfs(), rootfs, output, "-noappend", "-no-progress",
-               "-processors", str(processors), *options]
+               all_root: bool, log_path: str, mode_fixes: Sequence[tuple[str, int]] = ()) -> None:
+    """Run mksquashfs; on failure raise one line naming the cause (disk full, bad option, unreadable file ...).
+
+    mode_fixes: (path, mode) of entries opened up so a non-root user could read them; the
+    squashfs gets their real modes through a pseudo file (``m`` definitions, squashfs-tools >= 4.4).
+    """
+    binary = find_mksquashfs()
+    version = mksquashfs_version(binary)
+    options = [o for o in options if o != EXIT_ON_ERROR]
+    if version >= (4, 5) or version == (0,):
+        options.append(EXIT_ON_ERROR)
+    command = [binary, rootfs, output, "-noappend", "-no-progress", "-processors", str(processors), *options]
     if all_root:
         command.append("-all-root")
+    if mode_fixes:
+        if version < (4, 4):
+            raise BuilderError(f"/{mode_fixes[0][0]} is unreadable to this user (mode {mode_fixes[0][1]:04o}) and "
+                               f"mksquashfs {'.'.join(map(str, version))} cannot restore its mode; export as root "
+                               "or install squashfs-tools >= 4.4")
+        pseudo = os.path.join(os.path.dirname(log_path), "modes.pseudo")
+        with open(pseudo, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.writelines(pseudo_line(path, mode) for path, mode in mode_fixes)
+        command += ["-pf", pseudo]
     with open(log_path, "wb") as log:
         proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                               preexec_fn=_die_with_parent, check=False)
-    if proc.returncode == 0:
-        return
     with open(log_path, "rb") as log:
         lines = [l.strip() for l in log.read().decode("utf-8", "replace").splitlines() if l.strip()]
+    unreadable = next((m[1] for m in map(_READ_FAILURE.match, lines) if m), None)
+    if proc.returncode == 0 and unreadable is None:
+        return
     text = " ".join(lines)
     if "No space left" in text or "Disk quota exceeded" in text:
         raise BuilderError(f"no space left on the device holding {os.path.dirname(output) or '.'} "
                            "while writing the squashfs; free space there or export elsewhere")
+    if unreadable is not None:
+        raise BuilderError(f"mksquashfs could not read the unpacked image ({unreadable.replace(rootfs, '')}); "
+                           "nothing was published")
     reason = next((l for l in reversed(lines) if "FATAL" in l or "rror" in l), lines[-1] if lines else "")
     raise BuilderError(f"mksquashfs failed (exit {proc.returncode}): {reason}")
