@@ -8,25 +8,95 @@ from pathlib import Path
 
 import click
 
-from builder.errors import UsageError
+from builder.errors import BuilderError, UsageError
 
 
-def _resolve(state, arg: str) -> tuple[str, dict | None]:
-    """A matrix image name gives its primary ref and entry; anything else must be an image reference."""
+def _entry(spec) -> dict:
+    return {
+        "name": spec.name,
+        "flavor": spec.flavor,
+        "components": dict(getattr(spec, "versions", None) or spec.components),
+        "tags": list(spec.tags),
+        "refs": list(spec.refs),
+    }
+
+
+def _without_registry(ref: str) -> str:
+    """'123.dkr.ecr.us-west-2.amazonaws.com/team/pt:tag' -> 'team/pt:tag' (docker's rule: the
+    first component is a registry host only if it has a '.' or ':' or is localhost)."""
+    first, sep, rest = ref.partition("/")
+    return rest if sep and ("." in first or ":" in first or first == "localhost") else ref
+
+
+def _matrix(state):
+    """The matrix when there is one (None without a matrix file)."""
+    return state.matrix() if state.matrix_path.is_file() else None
+
+
+def _resolve(state, arg: str, image_exists=lambda ref: True) -> tuple[str, dict | None]:
+    """The image to export and its matrix entry.
+
+    NAME (a matrix image) gives its primary ref. An image reference is exported as given; its
+    entry is the matrix image whose refs it names (with or without a registry host, as CI
+    exports ``$ECR_REGISTRY/<ref>``), else found later from the image's title label. A bare
+    word that is neither a matrix name nor a local image is a mistyped NAME: exit 2 with a
+    did-you-mean. ``image_exists(ref)`` asks the engine.
+    """
+    import difflib
+
     from builder.export import validate_reference
 
-    if not any(c in arg for c in ":/@") and state.matrix_path.is_file():
-        spec = state.matrix().find(arg)
+    bare = not any(c in arg for c in ":/@")
+    try:
+        matrix = _matrix(state)
+    except BuilderError:
+        if bare:
+            raise  # a NAME needs the matrix
+        matrix = None  # a broken matrix must not fail an export of a plain reference
+    if matrix is not None and bare:
+        spec = matrix.find(arg)
         if spec is not None:
-            entry = {
-                "name": spec.name,
-                "flavor": spec.flavor,
-                "components": dict(getattr(spec, "versions", None) or spec.components),
-                "tags": list(spec.tags),
-                "refs": list(spec.refs),
-            }
-            return spec.primary_ref, entry
-    return validate_reference(arg), None
+            return spec.primary_ref, _entry(spec)
+    ref = validate_reference(arg)
+    if matrix is not None:
+        plain = _without_registry(ref)
+        spec = next((s for s in matrix.images if plain in s.refs or ref in s.refs), None)
+        if spec is not None:
+            return ref, _entry(spec)
+        if bare and not image_exists(ref):
+            close = difflib.get_close_matches(arg, matrix.names(), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else "; see 'builder list'"
+            raise UsageError(f"'{arg}' is neither an image of {state.matrix_path.name} nor an image in the Docker engine{hint}")
+    return ref, None
+
+
+def _entry_from_labels(state):
+    """For an image given by reference: its matrix entry from its org.opencontainers.image.title
+    label (what builder build writes), when the matrix has that image."""
+
+    def lookup(labels):
+        title = labels.get("org.opencontainers.image.title")
+        if not title or not state.matrix_path.is_file():
+            return None
+        try:
+            spec = state.matrix().find(title)
+        except BuilderError:  # a broken matrix must not fail an export of a plain reference
+            return None
+        return _entry(spec) if spec is not None else None
+
+    return lookup
+
+
+def _engine_has(ref: str) -> bool:
+    from docker.errors import ImageNotFound
+
+    from builder.export import _docker_client
+
+    try:
+        _docker_client().images.get(ref)
+    except ImageNotFound:
+        return False
+    return True
 
 
 def _raise_interrupt(signum, _frame):
@@ -50,16 +120,18 @@ def register(cli: click.Group) -> None:
                        "engine's flattened docker export of a (never started) container, faster on Docker 20.10.")
     @click.option("--compression", metavar="NAME[:LEVEL]",
                   help="gzip, lzo, lz4, xz, zstd (level 3 unless given) or none. Default: $ENROOT_SQUASH_OPTIONS, "
-                       "else enroot's '-comp lzo -noD'.")
+                       "else ENROOT_SQUASH_OPTIONS in /etc/enroot/enroot.conf, else enroot's '-comp lzo -noD -exit-on-error'.")
     @click.option("--squash-options", metavar="'OPTS'",
                   help="Raw mksquashfs options instead of --compression (like ENROOT_SQUASH_OPTIONS), e.g. '-comp zstd -b 1M'.")
     @click.option("--processors", type=click.IntRange(min=1), default=None,
-                  help="mksquashfs threads (default: $ENROOT_MAX_PROCESSORS, else all CPUs).")
+                  help="mksquashfs threads (default: -processors in the squash options, else $ENROOT_MAX_PROCESSORS "
+                       "or its enroot.conf value, else all CPUs).")
     @click.option("--keep-owners", is_flag=True,
                   help="Keep the image's file owners (needs root). Default, as enroot: every file owned by root.")
     @click.option("--force", is_flag=True, help="Export even when the sidecar says the file is up to date.")
     @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), envvar="BUILDER_EXPORT_WORKDIR",
-                  help="Local folder to unpack the image in (needs about the image's size; default: $TMPDIR).")
+                  help="Local folder to unpack the image in (needs about the image's size, twice that with "
+                       "Docker >= 25; default: $TMPDIR).")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
     @click.pass_obj
     def export_cmd(state, image, dest, fmt, method, source_, compression, squash_options, processors, keep_owners, force,
@@ -76,22 +148,24 @@ def register(cli: click.Group) -> None:
         """
         from builder.export import ExportRequest, export_image, squash
 
-        ref, entry = _resolve(state, image)
+        ref, entry = _resolve(state, image, _engine_has)
         fmt = fmt or ("tar" if dest.suffix == ".tar" else "sqsh")
         if fmt == "tar" and (compression or squash_options or keep_owners or method != "native" or source_ != "layers"):
             raise UsageError("--format tar takes none of --compression, --squash-options, --keep-owners, --method, --source")
+        choice = squash.choose(compression, squash_options) if fmt == "sqsh" else squash.SquashChoice((), None, "")
         request = ExportRequest(
             ref=ref,
             dest=dest,
             fmt=fmt,
             method=method,
             source=source_,
-            squash_options=squash.squash_options(compression, squash_options) if fmt == "sqsh" else (),
-            processors=processors or squash.default_processors(),
+            squash_options=choice.options,
+            processors=processors or choice.processors or squash.default_processors(),
             keep_owners=keep_owners,
             force=force,
             work_dir=work_dir,
             matrix_entry=entry,
+            matrix_lookup=None if entry else _entry_from_labels(state),
         )
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
