@@ -12,9 +12,11 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,9 +42,9 @@ def reference(tricky):
 NO_MATRIX = {"BUILDER_MATRIX": "/nonexistent/matrix.yaml"}
 
 
-def run_export(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run_export(*args: str, env: dict | None = None, check: bool = True, umask: int = -1) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "builder", "export", *args], capture_output=True, text=True,
-                          env={**os.environ, **NO_MATRIX, **(env or {})})
+                          env={**os.environ, **NO_MATRIX, **(env or {})}, umask=umask)
     if check and proc.returncode != 0:
         raise AssertionError(f"export failed ({proc.returncode}): {proc.stderr}")
     return proc
@@ -129,7 +131,8 @@ def test_unchanged_image_is_skipped_and_force_or_new_settings_export_again(trick
 
 def test_tar_format_is_a_loadable_docker_save(tricky, tmp_path):
     dest = tmp_path / "tricky.tar"
-    run_export(tricky, "--to", str(dest))
+    run_export(tricky, "--to", str(dest), umask=0o077)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o644  # every node reads it, whatever the CI umask
     with tarfile.open(dest) as tar:
         manifest = json.load(tar.extractfile("manifest.json"))
     image_id = sup.docker("image", "inspect", "-f", "{{.Id}}", tricky).decode().strip()
@@ -138,6 +141,35 @@ def test_tar_format_is_a_loadable_docker_save(tricky, tmp_path):
     assert json.loads((tmp_path / "tricky.tar.json").read_text())["file"]["sha256"] == sha256(dest)
     assert "Loaded image" in sup.docker("load", "-i", str(dest)).decode()
     assert run_export(tricky, "--to", str(dest)).stdout.count("up to date") == 1
+
+    # The same image under another tag: the tar must be made again, naming the new tag.
+    other = tricky + "-retagged"
+    sup.docker("tag", tricky, other)
+    try:
+        again = run_export(other, "--to", str(dest))
+        assert "up to date" not in again.stdout
+        with tarfile.open(dest) as tar:
+            assert json.load(tar.extractfile("manifest.json"))[0]["RepoTags"] == [other]
+    finally:
+        sup.docker("rmi", other)
+
+
+def test_sidecar_of_a_reference_records_the_matrix_entry_from_the_title_label(tricky, tmp_path):
+    from types import SimpleNamespace
+
+    from builder.commands.export import _entry_from_labels
+    from builder.export import ExportRequest, export_image
+
+    spec = SimpleNamespace(name="tricky", flavor="source", components={"nccl": "2.21.5"}, versions={"nccl": "2.21.5"},
+                           tags=("t",), refs=("team/tricky:t",), primary_ref="team/tricky:t")
+    (tmp_path / "matrix.yaml").write_text("images: []\n")
+    state = SimpleNamespace(matrix_path=tmp_path / "matrix.yaml",
+                            matrix=lambda: SimpleNamespace(find=lambda name: spec if name == "tricky" else None))
+    dest = tmp_path / "tricky.tar"
+    export_image(ExportRequest(ref=tricky, dest=dest, fmt="tar", matrix_lookup=_entry_from_labels(state)))
+    meta = json.loads((tmp_path / "tricky.tar.json").read_text())
+    assert meta["matrix"]["name"] == "tricky" and meta["components"]["nccl"] == "2.21.5"
+    assert meta["file"]["mtime_ns"] == dest.stat().st_mtime_ns
 
 
 def _wait_stopped(proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -182,7 +214,7 @@ def test_killed_export_keeps_previous_file_and_leaves_no_partial_one(tricky, tmp
     again = json.loads(run_export(tricky, "--to", str(dest), "--work-dir", str(work), "--json", *source).stdout)
     assert again["skipped"] is False  # never trusts a sidecar that does not describe the file
     assert sup.docker("ps", "-aq", "--filter", "label=builder.export.owner").strip() == b""
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dest.name, f"{dest.name}.json", "work"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dest.name, f"{dest.name}.json", f".{dest.name}.lock", "work"])
     assert list(work.iterdir()) == []  # the killed run's unpacked image is gone too
 
 
@@ -196,7 +228,7 @@ def test_sigterm_removes_the_temporary_at_once(tricky, tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGCONT)
     assert proc.wait(timeout=60) == 130
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".image.sqsh.lock"]  # the lock file stays, empty
 
 
 def test_disk_full_gives_one_line_and_keeps_previous_file(tricky, tmp_path):
@@ -212,10 +244,49 @@ def test_disk_full_gives_one_line_and_keeps_previous_file(tricky, tmp_path):
             assert proc.returncode == 1, proc.stderr
             assert lines[-1].startswith("error: no space left"), proc.stderr
             assert sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in proc.stderr
-        assert sorted(p.name for p in small.iterdir()) == ["image.sqsh"]
+        assert sorted(p.name for p in small.iterdir()) == [".image.sqsh.lock", ".image.tar.lock", "image.sqsh"]
         assert (small / "image.sqsh").read_bytes() == b"previous good file"
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_non_root_export_matches_docker_export_and_leaves_nothing_behind(tricky, reference):
+    """The usual CI user: not root, in the docker group, umask 077. Unreadable files (the
+    tricky image's 0000 /data/nomode, like /etc/shadow on RHEL-family images) keep their
+    content and mode; read-only folders do not keep the unpacked image in the work folder."""
+    sup.need(shutil.which("setpriv") is not None, "setpriv is missing (util-linux)")
+    docker_gid = os.stat("/var/run/docker.sock").st_gid
+    repo = Path(__file__).resolve().parent.parent
+    probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", f"--groups={docker_gid}", sys.executable,
+                            "-c", "import builder.cli"], capture_output=True, cwd=repo)
+    if probe.returncode:
+        pytest.skip("user nobody cannot import the project from here (checkout in a private folder)")
+    out = Path(tempfile.mkdtemp(prefix="builder-export-nonroot-", dir="/tmp"))
+    try:
+        out.chmod(0o777)
+        work = out / "work"
+        work.mkdir(mode=0o777)
+        work.chmod(0o777)
+        dest = out / "tricky.sqsh"
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", f"--groups={docker_gid}", sys.executable,
+                               "-m", "builder", "export", tricky, "--to", str(dest), "--work-dir", str(work)],
+                              capture_output=True, text=True, cwd=repo, umask=0o077,
+                              env={**os.environ, **NO_MATRIX, "HOME": str(out)})
+        assert proc.returncode == 0, proc.stderr
+        assert "device nodes need root" in proc.stderr
+        assert stat.S_IMODE(dest.stat().st_mode) == 0o644 and dest.stat().st_uid == 65534
+        expected, expected_links = reference
+        expected = {path: entry.as_root() for path, entry in expected.items() if path != "data/null"}
+        got, got_links = sup.squashfs_entries(dest, out / "scratch")
+        for name in sup.ENROOT_FILES:
+            assert got.pop(name).kind == "f", name
+        for name in sup.ENGINE_INIT_FILES:
+            assert expected.pop(name).kind == got.pop(name).kind == "f", name
+        assert sup.diff_tables(expected, got) == []
+        assert got["data/nomode"].mode == 0 and got_links == expected_links
+        assert list(work.iterdir()) == []
+    finally:
+        shutil.rmtree(out)
 
 
 def test_unknown_image_and_bad_reference(tmp_path):

@@ -307,9 +307,11 @@ def test_enroot_config_matches_enroot_rules():
     assert 'exec "$@"' in bare and "exec /bin/sh\n" in bare and "cd / &&" in bare
 
 
-def test_squash_options():
-    assert squash.squash_options(None, None, env={}) == ("-comp", "lzo", "-noD")
-    assert squash.squash_options(None, None, env={"ENROOT_SQUASH_OPTIONS": "-comp lz4 -b 1M"}) == ("-comp", "lz4", "-b", "1M")
+def test_squash_options(tmp_path):
+    no_conf = str(tmp_path / "absent.conf")
+    assert squash.squash_options(None, None, env={}, conf_path=no_conf) == ("-comp", "lzo", "-noD", "-exit-on-error")
+    assert squash.squash_options(None, None, env={"ENROOT_SQUASH_OPTIONS": "-comp lz4 -b 1M"},
+                                 conf_path=no_conf) == ("-comp", "lz4", "-b", "1M")
     assert squash.squash_options("zstd", None, env={}) == ("-comp", "zstd", "-Xcompression-level", "3")
     assert squash.squash_options("gzip:9", None, env={}) == ("-comp", "gzip", "-Xcompression-level", "9")
     assert squash.squash_options("none", None, env={}) == ("-noI", "-noD", "-noF", "-noX")
@@ -318,11 +320,38 @@ def test_squash_options():
             squash.squash_options(bad, None, env={})
     with pytest.raises(UsageError, match="not both"):
         squash.squash_options("zstd", "-comp xz", env={})
-    with pytest.raises(UsageError, match="set by builder"):
-        squash.squash_options(None, "-processors 4", env={})
     with pytest.raises(UsageError, match="characters"):
         squash.squash_options(None, "-comp xz;rm", env={})
-    assert squash.default_processors({"ENROOT_MAX_PROCESSORS": "3"}) == 3
+    assert squash.default_processors({"ENROOT_MAX_PROCESSORS": "3"}, conf_path=no_conf) == 3
+
+
+def test_options_builder_sets_itself_are_overridden_not_refused(tmp_path):
+    choice = squash.choose(None, None, env={"ENROOT_SQUASH_OPTIONS": "-comp zstd -no-progress -processors 6 -noappend "
+                                                                     "-all-root -b 1M"}, conf_path=str(tmp_path / "x"))
+    assert choice.options == ("-comp", "zstd", "-b", "1M") and choice.processors == 6
+    with pytest.raises(UsageError, match="positive number"):
+        squash.choose(None, "-processors many", env={})
+
+
+def test_enroot_conf_is_read_when_the_environment_does_not_set_it(tmp_path):
+    conf = tmp_path / "enroot.conf"
+    conf.write_text("#ENROOT_SQUASH_OPTIONS  -comp lzo -noD\n"
+                    "ENROOT_SQUASH_OPTIONS      -comp zstd -Xcompression-level 5\n"
+                    "ENROOT_MAX_PROCESSORS=3\n")
+    assert squash.squash_options(None, None, env={}, conf_path=str(conf)) == ("-comp", "zstd", "-Xcompression-level", "5")
+    assert squash.squash_options(None, None, env={"ENROOT_SQUASH_OPTIONS": "-comp lz4"}, conf_path=str(conf)) == ("-comp", "lz4")
+    assert squash.squash_options(None, None, env={"ENROOT_SQUASH_OPTIONS": ""}, conf_path=str(conf))[:2] == ("-comp", "zstd")
+    assert squash.default_processors({}, conf_path=str(conf)) == 3
+    conf.write_text("ENROOT_SQUASH_OPTIONS -comp $(cat /etc/comp)\n")
+    with pytest.raises(UsageError, match=r"enroot.conf:1: ENROOT_SQUASH_OPTIONS uses shell expansion"):
+        squash.squash_options(None, None, env={}, conf_path=str(conf))
+
+
+def test_pseudo_lines_quote_names_and_refuse_newlines():
+    assert squash.pseudo_line("etc/shadow", 0) == '"etc/shadow" m 0 0 0\n'
+    assert squash.pseudo_line('a b/q"x\\y', 0o4750) == '"a b/q\\"x\\\\y" m 4750 0 0\n'
+    with pytest.raises(BuilderError, match="export as root"):
+        squash.pseudo_line("bad\nname", 0)
 
 
 def test_mksquashfs_failure_is_one_line(tmp_path):
@@ -342,22 +371,60 @@ def test_stale_temporaries_are_removed_but_live_and_recent_foreign_ones_kept(tmp
     dest = tmp_path / "img.sqsh"
     dead = subprocess.Popen(["true"])
     dead.wait()
-    host = atomic._HOST
+    me = atomic.IDENTITY
+    other_ns = f"{atomic._HOST}.{atomic._BOOT}-1"  # a container on this host with its own PID namespace
+    other_boot = f"{atomic._HOST}.{'f' * 8}-{atomic._PIDNS}"  # another node that happens to share the host name
     names = {
-        "dead": f".img.sqsh.{host}.{dead.pid}.tmp",
-        "live": f".img.sqsh.{host}.{os.getppid()}.tmp",
-        "foreign_new": ".img.sqsh.otherhost.12.tmp",
+        "dead": f".img.sqsh.{me}.{dead.pid}.tmp",
+        "live": f".img.sqsh.{me}.{os.getppid()}.tmp",
+        "other_ns_dead_pid": f".img.sqsh.{other_ns}.{dead.pid}.tmp",
+        "other_boot": f".img.sqsh.{other_boot}.{dead.pid}.tmp",
+        "foreign_new": ".img.sqsh.otherhost.12.tmp",  # older builder versions: host.pid
         "foreign_old": ".img.sqsh.otherhost.13.tmp",
-        "sidecar_dead": f".img.sqsh.json.{host}.{dead.pid}.tmp",
+        "sidecar_dead": f".img.sqsh.json.{me}.{dead.pid}.tmp",
         "unrelated": ".other.sqsh.otherhost.1.tmp",
     }
     for name in names.values():
         (tmp_path / name).write_text("partial")
     old = time.time() - atomic.STALE_FOREIGN_SECONDS - 10
     os.utime(tmp_path / names["foreign_old"], (old, old))
+    # Without the destination lock: only this PID namespace's dead processes are known to be gone.
     removed = atomic.clean_stale(dest, sidecar.sidecar_path(dest))
     assert sorted(p.name for p in removed) == sorted([names["dead"], names["foreign_old"], names["sidecar_dead"]])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["live"], names["foreign_new"], names["unrelated"]])
+    # Holding the lock: whatever this kernel made is stale (a live writer would hold the lock).
+    removed = atomic.clean_stale(dest, sidecar.sidecar_path(dest), locked=True)
+    assert sorted(p.name for p in removed) == sorted([names["live"], names["other_ns_dead_pid"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["other_boot"], names["foreign_new"], names["unrelated"]])
+
+
+def test_destination_lock_serialises_exports(tmp_path):
+    dest = tmp_path / "img.sqsh"
+    first = atomic.DestinationLock(dest)
+    assert first.acquire() and first.held
+    script = ("import sys; from pathlib import Path; from builder.export import atomic; "
+              "l = atomic.DestinationLock(Path(sys.argv[1])); print(l.acquire(print), flush=True)")
+    waiter = subprocess.Popen([sys.executable, "-c", script, str(dest)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+    assert waiter.stdout.readline().startswith("waiting for another export to")  # blocked on our lock
+    first.release()
+    assert waiter.stdout.readline().strip() == "True" and waiter.wait(timeout=30) == 0
+    assert atomic.lock_path(dest).exists()
+
+
+def test_sticky_folder_with_another_users_file_fails_before_any_work(tmp_path):
+    sup.need(os.geteuid() == 0 and shutil.which("setpriv") is not None, "needs root and setpriv to act as nobody")
+    folder = Path(tempfile.mkdtemp(prefix="builder-export-sticky-", dir="/tmp"))
+    try:
+        folder.chmod(0o1777)
+        (folder / "x.sqsh.json").write_text("{}")  # root's, in a sticky folder nobody may write to
+        script = ("import sys; from pathlib import Path; from builder.export import atomic, sidecar; "
+                  "d = Path(sys.argv[1]); atomic.check_writable_folder(d, sidecar.sidecar_path(d))")
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                               script, str(folder / "x.sqsh")], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+        assert proc.returncode == 1 and "cannot replace" in proc.stderr and "sticky bit" in proc.stderr, proc.stderr
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_os_errors_become_one_clear_line(tmp_path):
@@ -365,6 +432,9 @@ def test_os_errors_become_one_clear_line(tmp_path):
                         (errno.EACCES, "permission denied"), (errno.EROFS, "read-only filesystem")):
         message = str(atomic.os_error_line(OSError(code, os.strerror(code)), "/fsx/x.sqsh", "writing"))
         assert message.startswith(start) and "/fsx/x.sqsh" in message and "\n" not in message
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert "--work-dir" not in str(atomic.os_error_line(full, "/fsx/x.sqsh", "writing"))
+    assert "--work-dir" in str(atomic.os_error_line(full, "/tmp/w", "unpacking the image into", work_dir=True))
     with pytest.raises(BuilderError, match="does not exist"):
         atomic.check_writable_folder(tmp_path / "missing" / "x.sqsh")
     with pytest.raises(BuilderError, match="is a folder"):
@@ -410,23 +480,61 @@ def test_references():
             validate_reference(bad)
 
 
-def test_matrix_name_resolves_to_its_primary_ref(tmp_path):
+def _matrix_state(tmp_path):
     from types import SimpleNamespace
-
-    from builder.commands.export import _resolve
 
     spec = SimpleNamespace(name="pt-efa", flavor="source", components={"nccl": "2.21.5"},
                            versions={"nccl": "2.21.5", "cuda": "12.4.1"}, tags=("a", "b"),
                            refs=("repo/pt:a", "repo/pt:b"), primary_ref="repo/pt:a")
     (tmp_path / "matrix.yaml").write_text("images: []\n")
-    matrix = SimpleNamespace(find=lambda name: spec if name == spec.name else None)
-    state = SimpleNamespace(matrix_path=tmp_path / "matrix.yaml", matrix=lambda: matrix)
+    matrix = SimpleNamespace(find=lambda name: spec if name == spec.name else None, images=[spec],
+                             names=lambda: [spec.name])
+    return SimpleNamespace(matrix_path=tmp_path / "matrix.yaml", matrix=lambda: matrix)
+
+
+def test_matrix_name_resolves_to_its_primary_ref(tmp_path):
+    from builder.commands.export import _resolve
+
+    state = _matrix_state(tmp_path)
     ref, entry = _resolve(state, "pt-efa")
     assert ref == "repo/pt:a" and entry["name"] == "pt-efa" and entry["components"]["cuda"] == "12.4.1"
-    assert _resolve(state, "some/other:image") == ("some/other:image", None)  # never looked up
-    assert _resolve(state, "busybox") == ("busybox", None)  # not in the matrix: an image reference
+    assert _resolve(state, "some/other:image") == ("some/other:image", None)
+    assert _resolve(state, "busybox", image_exists=lambda ref: ref == "busybox") == ("busybox", None)
     with pytest.raises(UsageError):
         _resolve(state, "Not An Image")
+
+
+def test_registry_ref_of_a_matrix_image_records_its_entry(tmp_path):
+    from builder.commands.export import _resolve
+
+    state = _matrix_state(tmp_path)
+    for ref in ("123456789012.dkr.ecr.us-west-2.amazonaws.com/repo/pt:b", "localhost:5000/repo/pt:a", "repo/pt:b"):
+        got, entry = _resolve(state, ref)
+        assert got == ref and entry["name"] == "pt-efa"
+    assert _resolve(state, "registry.example/repo/pt:other")[1] is None
+
+
+def test_mistyped_name_is_a_usage_error_with_did_you_mean(tmp_path):
+    from builder.commands.export import _entry_from_labels, _resolve
+
+    state = _matrix_state(tmp_path)
+    with pytest.raises(UsageError, match=r"did you mean 'pt-efa'") as err:
+        _resolve(state, "pt-efx", image_exists=lambda ref: False)
+    assert err.value.exit_code == 2
+    lookup = _entry_from_labels(state)
+    assert lookup({"org.opencontainers.image.title": "pt-efa"})["refs"] == ["repo/pt:a", "repo/pt:b"]
+    assert lookup({"org.opencontainers.image.title": "other"}) is None and lookup({}) is None
+
+
+def test_tar_settings_name_the_tag_written_into_it():
+    request = ExportRequest(ref="img:2", dest=Path("/x.tar"), fmt="tar")
+    assert request.settings("img:1") != request.settings("img:2")
+
+
+def test_label_newlines_stay_comments_in_etc_rc():
+    rc = enroot_config.render({"Labels": {"evil": "x\nrm -rf /\r\necho", "ok": "v"}})["etc/rc"]
+    assert "# evil x\\nrm -rf /\\r\\necho\n" in rc
+    assert not any(line.startswith("rm ") for line in rc.splitlines())
 
 
 def test_components_from_labels():
