@@ -4,9 +4,10 @@
 manifest.json comes last. In the classic format (Docker < 25) each layer folder holds a
 ``json`` with its ``parent`` before its ``layer.tar``, so a layer whose parent was the last
 one applied is applied straight from the stream; any other is spooled to disk until its
-turn. Other formats (OCI layout from Docker >= 25) are spooled and applied from the
-manifest. Peak extra disk is therefore the out-of-order layers, never a second copy of the
-whole image plus the root filesystem.
+turn, so peak extra disk is the out-of-order layers. The OCI layout that ``docker save``
+writes from Docker 25 on names layers by digest only and puts its index last: every layer
+is spooled, and the work folder then needs about twice the image's size (``--source
+container`` avoids that).
 """
 
 from __future__ import annotations
