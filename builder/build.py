@@ -9,8 +9,10 @@ a failure names the stanza whose step failed and shows the end of that step's ou
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,12 +25,16 @@ from typing import Callable, Iterable
 
 from builder import build_report as rep
 from builder.build_log import Progress, step_stanzas
-from builder.buildkit import Client, build_command, engine_answers
+from builder.buildkit import Client, build_command, engine_answers, engine_down_message
 from builder.errors import BuilderError, UsageError
 from builder.matrix import ImageSpec
 from builder.render import Renderer, dockerfile_path
 
 ARG_RE = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)", re.M)
+ARG_DEFAULT_RE = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)=(\S*)", re.M)
+# ARGs that carry a matrix component (version, wheel, checksum): the image's labels and smoke
+# expectations come from the matrix, so a --build-arg may not change them behind its back.
+COMPONENT_ARG_RE = re.compile(r"_(?:VERSION|WHEEL|SHA256)$")
 BUILD_ARG_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 # BuildKit's own knobs may be passed although no Dockerfile declares them.
 BUILTIN_ARGS = {"BUILDKIT_INLINE_CACHE", "BUILDKIT_MULTI_PLATFORM", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
@@ -40,8 +46,9 @@ EXIT_INTERRUPTED = 130
 @dataclass(frozen=True)
 class BuildOptions:
     network: str | None = None
-    cache_from: tuple[str, ...] = ()
+    cache_from: tuple[str, ...] = ()  # "{name}" is replaced by each image's name
     cache_to: str | None = None
+    builder: str | None = None  # buildx builder instance
     no_cache: bool = False
     build_args: tuple[tuple[str, str], ...] = ()
     jobs: int = 1
@@ -86,14 +93,21 @@ def plan(root: Path, specs: list[ImageSpec], client: Client, options: BuildOptio
             continue
         declared = set(ARG_RE.findall(text))
         declared_any |= declared
+        defaults = dict(ARG_DEFAULT_RE.findall(text))
         # An override goes to the images that declare the ARG (one EFA version for the nvidia
         # images of a mixed selection); BuildKit's own knobs go to all.
         args = tuple((k, v) for k, v in options.build_args if k in declared or k in BUILTIN_ARGS)
+        for key, value in args:
+            if COMPONENT_ARG_RE.search(key) and key in defaults and defaults[key] != value:
+                problems.append(f"--build-arg {key}={value}: {spec.name} is tagged, labelled and smoke-checked with "
+                                f"{key}={defaults[key]} from the matrix; change the matrix instead "
+                                f"(try it with 'builder render {spec.name} --set ... --stdout')")
         p = Plan(spec, path, text, step_stanzas(text))
         p.iidfile = work / f"{spec.name}.iid"
         p.argv = build_command(client, dockerfile=path, context=root, iidfile=p.iidfile, network=options.network,
-                               cache_from=options.cache_from, cache_to=options.cache_to,
-                               no_cache=options.no_cache, build_args=args)
+                               cache_from=tuple(_per_image(ref, spec.name) for ref in options.cache_from),
+                               cache_to=_per_image(options.cache_to, spec.name) if options.cache_to else None,
+                               no_cache=options.no_cache, build_args=args, builder=options.builder)
         plans.append(p)
     for key, _ in options.build_args:
         if plans and key not in declared_any and key not in BUILTIN_ARGS:
@@ -104,14 +118,30 @@ def plan(root: Path, specs: list[ImageSpec], client: Client, options: BuildOptio
     return plans
 
 
-def dry_run_lines(plans: list[Plan], client: Client) -> list[str]:
+def _per_image(value: str, name: str) -> str:
+    """A cache reference or spec for one image: '{name}' becomes the image's name, so that with
+    several images each gets its own cache instead of overwriting the others'."""
+    return value.replace("{name}", name)
+
+
+DRY_RUN_DIR = "@BUILDER_LOG_DIR@"  # stands for the log folder in the printed commands
+
+
+def dry_run_lines(plans: list[Plan], client: Client, log_dir: Path | None = None) -> list[str]:
+    """A bash script: each image's build, and its tags only when the build succeeded."""
     env = " ".join(f"{k}={v}" for k, v in client.env)
-    lines = []
+    folder = shlex.quote(str(log_dir)) if log_dir else '"$(mktemp -d)"'
+    lines = ["# builder build --dry-run: paste into bash", f"log_dir={folder} && mkdir -p \"$log_dir\""]
+
+    def words(argv: list[str]) -> str:
+        return shlex.join(argv).replace(DRY_RUN_DIR, '"$log_dir"')
+
     for p in plans:
+        iid = f'"$(cat "$log_dir"/{p.iidfile.name})"'
         lines.append(f"# {p.spec.name}: stanzas {', '.join(p.spec.stanzas)}")
-        lines.append((env + " " if env else "") + shlex.join(p.argv))
-        for ref in p.spec.refs:
-            lines.append(shlex.join([client.docker, "tag", f"$(cat {p.iidfile})", ref]).replace("'$(cat", "\"$(cat").replace(")'", ")\""))
+        steps = [(env + " " if env else "") + words(p.argv)]
+        steps += [f"{shlex.quote(client.docker)} tag {iid} {shlex.quote(ref)}" for ref in p.spec.refs]
+        lines.append(" \\\n  && ".join(steps))
     return lines
 
 
@@ -151,29 +181,39 @@ class Builder:
 
     def run(self, plans: list[Plan]) -> list[rep.ImageResult]:
         """Build all plans, options.jobs at a time. A failure does not stop the others; Ctrl-C
-        stops every running build and reports the unfinished ones as interrupted."""
+        or SIGTERM (how CI cancels a job) stops every running build and reports the unfinished
+        ones as interrupted."""
         problem = engine_answers(self.client)
         if problem:
-            raise BuilderError(f"the Docker engine does not answer through {self.client.docker}: {problem}; "
-                               "start dockerd (scripts/setup-host.sh does) or set DOCKER_HOST")
+            raise BuilderError(engine_down_message(self.client.docker, problem))
         results = {p.spec.name: rep.ImageResult(p.spec.name, list(p.spec.refs)) for p in plans}
         pool = ThreadPoolExecutor(max_workers=max(1, self.options.jobs))
-        futures = {pool.submit(self._build_one, p, results[p.spec.name]): p for p in plans}
-        try:
-            pending = set(futures)
-            while pending:
-                _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-        except KeyboardInterrupt:
-            self.interrupt()
-            pool.shutdown(wait=True, cancel_futures=True)
-            for result in results.values():
-                if result.status in ("pending", "running"):
-                    result.status = "interrupted"
-            raise _Interrupted(list(results.values()))
-        pool.shutdown(wait=True)
-        for future in futures:  # surface bugs in the worker instead of hiding them
-            future.result()
+        with _sigterm_as_interrupt():
+            try:
+                futures = {pool.submit(self._build_one_safely, p, results[p.spec.name]): p for p in plans}
+                pending = set(futures)
+                while pending:
+                    _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                self.interrupt()
+                pool.shutdown(wait=True, cancel_futures=True)
+                for result in results.values():
+                    if result.status in ("pending", "running"):
+                        result.status = "interrupted"
+                raise _Interrupted(list(results.values()))
+            pool.shutdown(wait=True)
         return list(results.values())
+
+    def _build_one_safely(self, p: Plan, result: rep.ImageResult) -> None:
+        """A worker never raises: whatever goes wrong (a log that cannot be written, a client that
+        cannot start) fails this image with one line, and the others and the report go on."""
+        try:
+            self._build_one(p, result)
+        except Exception as exc:  # noqa: BLE001 - reported as this image's failure, never a traceback
+            result.status = "failed"
+            what = str(exc) if isinstance(exc, (BuilderError, OSError)) else f"{type(exc).__name__}: {exc}"
+            result.error = f"cannot build: {what}"
+            self.reporter.update(p.spec.name, f"FAILED: {result.error}")
 
     def interrupt(self) -> None:
         self.stop.set()
@@ -233,9 +273,12 @@ class Builder:
             self.reporter.update(name, f"FAILED in {where} after {result.duration_s:.0f}s (log: {log_path})")
             return
         image_id = p.iidfile.read_text().strip()
+        if self.stop.is_set():  # stopped while the build was finishing: tag nothing
+            result.status = "interrupted"
+            self.reporter.update(name, "interrupted (nothing tagged)")
+            return
         try:
-            for ref in p.spec.refs:
-                subprocess.run([self.client.docker, "tag", image_id, ref], check=True, capture_output=True, text=True)
+            self._tag_all(image_id, list(p.spec.refs))
             result.image_id = image_id
             self._measure(p, result)
         except subprocess.CalledProcessError as exc:
@@ -253,16 +296,60 @@ class Builder:
         self.reporter.update(name, f"built {result.image_id[7:19]}, {rep.human(result.size)} "
                                    f"in {result.duration_s:.0f}s")
 
+    def _docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """A short docker command in its own session: Ctrl-C in the terminal must not kill it
+        halfway through the tags."""
+        return subprocess.run([self.client.docker, *args], check=check, capture_output=True, text=True,
+                              start_new_session=True)
+
+    def _tag_all(self, image_id: str, refs: list[str]) -> None:
+        """All the matrix's tags, or none: when one fails, the tags already moved go back to
+        where they pointed before (or are removed when they are new)."""
+        before = {}
+        for ref in refs:
+            proc = self._docker("image", "inspect", "--format", "{{.Id}}", ref, check=False)
+            before[ref] = proc.stdout.strip() if proc.returncode == 0 else None
+        done = []
+        try:
+            for ref in refs:
+                self._docker("tag", image_id, ref)
+                done.append(ref)
+        except subprocess.CalledProcessError:
+            for ref in done:
+                if before[ref]:
+                    self._docker("tag", before[ref], ref, check=False)
+                elif before[ref] is None:
+                    self._docker("rmi", "--no-prune", ref, check=False)
+            raise
+
     def _measure(self, p: Plan, result: rep.ImageResult) -> None:
         result.size = rep.image_size(self.client.docker, result.image_id)
         result.layers = rep.layer_sizes(p.text, rep.history(self.client.docker, result.image_id))
         result.stanza_sizes = rep.per_stanza(result.layers)
-        result.size_gate = rep.size_gate(result.size, p.spec.size_baseline, p.spec.size_tolerance)
+        result.size_gate = rep.size_gate(result.size, p.spec.size_baseline, p.spec.size_tolerance, result.layers)
 
 
 def _last_line(text: str | None) -> str:
     lines = [line for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (CI cancelling the job) is handled like Ctrl-C: the builds run in their own
+    sessions, so without this they would go on as orphans."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Interrupted(Exception):
@@ -307,6 +394,24 @@ def default_log_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="builder-build-logs-"))
 
 
+def prepare_log_dir(log_dir: Path | None) -> Path:
+    """The log folder, created and proven writable before anything is built."""
+    if not log_dir:
+        try:
+            return default_log_dir()
+        except OSError as exc:
+            raise BuilderError(f"cannot create a temporary log folder ({exc.strerror}); set TMPDIR or pass --log-dir")
+    log_dir = Path(log_dir)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=log_dir):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--log-dir {log_dir}: cannot write build logs there ({exc.strerror or exc}); "
+                         "choose a writable folder")
+    return log_dir
+
+
 def build(
     root: Path,
     specs: list[ImageSpec],
@@ -316,8 +421,7 @@ def build(
     reporter_factory: Callable[[list[str]], Reporter] = Reporter,
 ) -> list[rep.ImageResult]:
     """Python entry point: build and tag the images; returns one result per image."""
-    log_dir = Path(log_dir) if log_dir else default_log_dir()
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = prepare_log_dir(log_dir)
     plans = plan(root, specs, client, options, log_dir)
     builder = Builder(client, options, log_dir, reporter_factory([p.spec.name for p in plans]))
     return builder.run(plans)

@@ -10,13 +10,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from builder.build_log import history_stanzas
+from builder.errors import BuilderError, UsageError
 
 
 @dataclass
 class ImageResult:
     name: str
     refs: list[str]
-    status: str = "pending"  # built | failed | interrupted | size-gate | skipped
+    status: str = "pending"  # built | failed | interrupted | size-gate | planned (dry run)
     image_id: str | None = None
     size: int | None = None
     duration_s: float | None = None
@@ -28,6 +29,7 @@ class ImageResult:
     stanza_sizes: dict[str, int] = field(default_factory=dict)
     layers: list[dict] = field(default_factory=list)
     size_gate: dict | None = None
+    command: list[str] = field(default_factory=list)  # the build command (dry run)
 
     @property
     def ok(self) -> bool:
@@ -89,32 +91,70 @@ def per_stanza(layers: list[dict]) -> dict[str, int]:
     return sizes
 
 
-def size_gate(size: int, baseline: int | None, tolerance: float) -> dict | None:
-    """None when the image has no baseline; else the verdict with the numbers behind it."""
+LARGEST = 5  # layers and stanzas listed when an image is over its size gate
+
+
+def size_gate(size: int, baseline: int | None, tolerance: float, layers: list[dict] | None = None) -> dict | None:
+    """None when the image has no baseline; else the verdict with the numbers behind it. Over
+    the limit, the largest layers and the stanzas that made them say where to look."""
     if baseline is None:
         return None
     limit = int(baseline * (1 + tolerance))
     over = (size - baseline) / baseline if baseline else 0.0
-    return {"baseline": baseline, "tolerance": tolerance, "limit": limit, "size": size,
+    gate = {"baseline": baseline, "tolerance": tolerance, "limit": limit, "size": size,
             "over_fraction": round(over, 4), "ok": size <= limit}
+    if not gate["ok"]:
+        ranked = sorted((layer for layer in layers or () if layer["size"] > 0), key=lambda layer: -layer["size"])
+        gate["largest_layers"] = [dict(layer) for layer in ranked[:LARGEST]]
+        stanzas = sorted(per_stanza(layers or []).items(), key=lambda item: -item[1])
+        gate["largest_stanzas"] = [{"stanza": k, "size": v} for k, v in stanzas[:LARGEST] if v > 0]
+        # The rest is the base image: our layers cannot explain more than they add.
+        gate["base_size"] = max(0, size - sum(layer["size"] for layer in layers or ()))
+    return gate
 
 
 def size_gate_message(name: str, gate: dict) -> str:
-    return (f"{name}: image is {human(gate['size'])}, {gate['over_fraction'] * 100:.0f}% over its baseline "
-            f"{human(gate['baseline'])} (tolerance {gate['tolerance'] * 100:.0f}%, limit {human(gate['limit'])}); "
-            "shrink it or raise size_baseline in the matrix")
+    lines = [f"{name}: image is {human(gate['size'])}, {gate['over_fraction'] * 100:.0f}% over its baseline "
+             f"{human(gate['baseline'])} (tolerance {gate['tolerance'] * 100:.0f}%, limit {human(gate['limit'])}); "
+             "shrink it or raise size_baseline in the matrix"]
+    if gate.get("largest_stanzas"):
+        lines.append("  largest stanzas: " + ", ".join(f"{s['stanza']} {human(s['size'])}" for s in gate["largest_stanzas"])
+                     + f"; base image {human(gate.get('base_size'))}")
+    for layer in gate.get("largest_layers", []):
+        lines.append(f"  {human(layer['size']):>9}  stanza {layer['stanza']}: {layer['instruction']}")
+    return "\n".join(lines)
+
+
+def check_writable(path: Path, option: str = "--report") -> None:
+    """Before anything is built: the report can be written there (else the hours of building
+    end in a lost report)."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write there ({exc.strerror or exc}); choose a writable path")
 
 
 def write_report(path: Path, results: list[ImageResult], client: str, dry_run: bool = False) -> None:
+    """Atomically (a temp file renamed into place); an OSError becomes one error line."""
     doc = {
         "client": client,
         "dry_run": dry_run,
-        "ok": all(r.ok for r in results),
+        "ok": all(r.ok for r in results) and not dry_run,
         "images": [asdict(r) for r in results],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(doc, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(doc, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        raise BuilderError(f"--report {path}: cannot write the report ({exc.strerror or exc})")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from builder.errors import BuilderError, UsageError
+from builder.errors import UsageError
 
 DOCKER_ENV = "BUILDER_DOCKER"
 CLASSIC_BUILDKIT_BEFORE = Version("23.0")  # from 23.0 the client needs buildx for BuildKit
@@ -87,18 +87,32 @@ def candidates() -> list[str]:
     return seen
 
 
-def find_client(preferred: str | None = None) -> Client:
-    """The client to build with: the one the user named (option or $BUILDER_DOCKER), else the
-    first candidate that can use BuildKit. Raises with every candidate's reason otherwise."""
+def docker_path(preferred: str | None = None) -> str:
+    """The docker binary the user named (option or $BUILDER_DOCKER: a path or a name on PATH),
+    else the first one found; for verbs that only run, inspect and tag."""
     preferred = preferred or os.environ.get(DOCKER_ENV) or None
     if preferred:
         path = preferred if os.sep in preferred else shutil.which(preferred)
-        if not path or not os.access(path, os.X_OK):
-            raise UsageError(f"docker client '{preferred}' not found or not executable")
+        if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
+            raise UsageError(f"docker client '{preferred}' (--docker or ${DOCKER_ENV}) not found or not executable")
+        return path
+    found = candidates()
+    if not found:
+        raise UsageError(f"no docker client on PATH; install one or pass its path with --docker or ${DOCKER_ENV}")
+    return found[0]
+
+
+def find_client(preferred: str | None = None) -> Client:
+    """The client to build with: the one the user named (option or $BUILDER_DOCKER), else the
+    first candidate that can use BuildKit. Raises with every candidate's reason otherwise (a
+    usage error, exit 2: the fix is on this machine, not in the matrix or the build)."""
+    preferred = preferred or os.environ.get(DOCKER_ENV) or None
+    if preferred:
+        path = docker_path(preferred)
         found = probe(path)
         if isinstance(found, str):
-            raise BuilderError(f"{path} cannot build with BuildKit: {found}; "
-                               "install the buildx plugin or choose another client with --docker")
+            raise UsageError(f"{path} cannot build with BuildKit: {found}; "
+                             "install the buildx plugin or choose another client with --docker")
         return found
     reasons = []
     for path in candidates():
@@ -107,20 +121,28 @@ def find_client(preferred: str | None = None) -> Client:
             return found
         reasons.append(f"{path}: {found}")
     detail = "; ".join(reasons) if reasons else "no docker binary on PATH"
-    raise BuilderError(f"no Docker client can build with BuildKit ({detail}); install docker-buildx "
+    raise UsageError(f"no Docker client can build with BuildKit ({detail}); install docker-buildx "
                        f"or a docker client older than 23.0, and pass it with --docker or ${DOCKER_ENV}")
 
 
-def engine_answers(client: Client) -> str | None:
-    """None when the engine answers, else its error (one line)."""
+def engine_answers(client: Client | str) -> str | None:
+    """None when the engine answers, else its error (one line). `docker version` rather than
+    `docker info`: with the engine down, info's --format can print a template error instead of
+    the reason."""
+    docker = client.docker if isinstance(client, Client) else client
     try:
-        proc = _run([client.docker, "info", "--format", "{{.ServerVersion}}"], timeout=30)
+        proc = _run([docker, "version", "--format", "{{.Server.Version}}"], timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
-    if proc.returncode == 0:
+    if proc.returncode == 0 and proc.stdout.strip():
         return None
     lines = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
-    return lines[-1] if lines else f"docker info exited {proc.returncode}"
+    return lines[-1] if lines else f"docker version exited {proc.returncode}"
+
+
+def engine_down_message(docker: str, problem: str) -> str:
+    return (f"the Docker engine does not answer through {docker}: {problem}; "
+            "start dockerd (scripts/setup-host.sh does) or set DOCKER_HOST")
 
 
 def build_command(
@@ -134,14 +156,19 @@ def build_command(
     cache_to: str | None = None,
     no_cache: bool = False,
     build_args: tuple[tuple[str, str], ...] = (),
+    builder: str | None = None,
 ) -> list[str]:
     """The build command. No -t: tags are applied only after a successful build, so a stopped
     or failed build never leaves a tag pointing at a half-built or stale image."""
     if cache_to and client.kind != "buildx":
         raise UsageError(f"--cache-to needs buildx; {client.describe()} cannot export a cache "
                          "(use --cache-from with an image built with BUILDKIT_INLINE_CACHE=1)")
+    if builder and client.kind != "buildx":
+        raise UsageError(f"--builder needs buildx; {client.describe()} builds with the engine's own BuildKit")
     argv = client.build_argv() + ["--progress", "plain", "--file", str(dockerfile), "--iidfile", str(iidfile)]
     if client.kind == "buildx":
+        if builder:
+            argv += ["--builder", builder]
         argv.append("--load")
     if network:
         argv += ["--network", network]

@@ -3,8 +3,13 @@ gate, command line, client choice, planning errors. No Docker engine needed."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -182,7 +187,7 @@ def test_plan_refuses_missing_stale_dockerfile_and_unknown_arg(tmp_path):
     result = run(cli, ["--matrix", str(tmp_path / "matrix.yaml"), "build", "small", "--dry-run",
                        "--network", "host", "--build-arg", "EFA_INSTALLER_VERSION=1.47.0"])
     assert result.exit_code == 0, result.output
-    assert "--network host" in result.output and "tag" in result.output and "small:small" in result.output
+    assert "--network host" in result.output and " tag " in result.output and "small:small" in result.output
     result = run(cli, ["--matrix", str(tmp_path / "matrix.yaml"), "build", "small", "--dry-run", "--build-arg", "NOPE=1"])
     assert result.exit_code == 2 and "NOPE is not an ARG of any selected image" in result.output
     dockerfile = tmp_path / "images" / "small" / "Dockerfile"
@@ -202,3 +207,184 @@ def test_progress_ignores_cached_steps_announced_out_of_order():
     progress = Progress(["base", "efa", "efa", "labels"])
     lines = ["#5 [3/4] RUN b", "#4 [2/4] RUN a", "#6 [4/4] COPY x y", "#3 [1/4] FROM base"]
     assert [progress.feed(line) for line in lines] == ["efa", None, "labels", None]
+
+
+# -- a scripted docker client, for the paths around the build (tags, signals, errors) -------------
+
+FAKE_DOCKER = r'''#!{python}
+"""Fake docker client (test fixture): state in $FAKE_STATE, behaviour from $FAKE_BUILD."""
+import os, signal, sys, time
+state = os.environ["FAKE_STATE"]
+args = sys.argv[1:]
+def key(ref): return os.path.join(state, "tag-" + ref.replace("/", "_").replace(":", "_"))
+if args[0] == "version":
+    print("20.10.24"); sys.exit(0)
+if args[0] == "buildx":
+    sys.exit(1)
+if args[0] == "build":
+    with open(os.path.join(state, "calls"), "a") as f:
+        f.write("build\n")
+    iid = args[args.index("--iidfile") + 1]
+    if os.environ.get("FAKE_BUILD") == "sleep":
+        signal.signal(signal.SIGINT, lambda *a: (open(os.path.join(state, "got-sigint"), "w").close(), sys.exit(130)))
+        print("#5 [1/2] FROM example/base:1", flush=True)
+        time.sleep(30)
+        sys.exit(0)
+    open(iid, "w").write("sha256:" + "b" * 64)
+    sys.exit(0)
+if args[:2] == ["image", "inspect"]:
+    ref = args[-1]
+    if "{{.Size}}" in args:
+        print(1000); sys.exit(0)
+    if os.path.exists(key(ref)):
+        print(open(key(ref)).read()); sys.exit(0)
+    sys.exit(1)
+if args[0] == "tag":
+    if args[2] in os.environ.get("FAKE_FAIL_TAG", "").split(","):
+        print("tag refused", file=sys.stderr); sys.exit(1)
+    open(key(args[2]), "w").write(args[1]); sys.exit(0)
+if args[0] == "rmi":
+    os.remove(key(args[-1])); sys.exit(0)
+if args[0] == "history":
+    sys.exit(0)
+sys.exit(1)
+'''
+
+
+@pytest.fixture
+def fake_docker(tmp_path, monkeypatch):
+    state = tmp_path / "state"
+    state.mkdir()
+    path = tmp_path / "bin" / "docker"
+    path.parent.mkdir()
+    path.write_text(FAKE_DOCKER.replace("{python}", sys.executable))
+    path.chmod(0o755)
+    monkeypatch.setenv("FAKE_STATE", str(state))
+    return Client(str(path), "classic", "20.10.24", (("DOCKER_BUILDKIT", "1"),)), state
+
+
+def _plans(tmp_path, client, spec, log_dir):
+    (tmp_path / "Dockerfile").write_text(DOCKERFILE)
+    p = b.Plan(spec, tmp_path / "Dockerfile", DOCKERFILE, step_stanzas(DOCKERFILE))
+    p.iidfile = log_dir / f"{spec.name}.iid"
+    p.argv = build_command(client, dockerfile=p.dockerfile, context=tmp_path, iidfile=p.iidfile)
+    return [p]
+
+
+class _Quiet(b.Reporter):
+    def __init__(self, names):
+        super().__init__(names, stream=open(os.devnull, "w"))
+
+
+def test_tags_all_or_none(fake_docker, tmp_path, monkeypatch, bundled_matrix):
+    """A tag failing half-way puts the tags already moved back where they were."""
+    client, state = fake_docker
+    spec = next(s for s in bundled_matrix.images if len(s.refs) >= 2)
+    first, second = spec.refs[:2]
+    (state / ("tag-" + first.replace("/", "_").replace(":", "_"))).write_text("sha256:old")
+    monkeypatch.setenv("FAKE_FAIL_TAG", second)
+    builder = b.Builder(client, b.BuildOptions(), tmp_path, _Quiet([spec.name]))
+    [result] = builder.run(_plans(tmp_path, client, spec, tmp_path))
+    assert result.status == "failed" and "tag" in result.error
+    tags = {p.name: p.read_text() for p in state.glob("tag-*")}
+    assert tags == {"tag-" + first.replace("/", "_").replace(":", "_"): "sha256:old"}
+
+
+def test_sigterm_stops_builds_like_ctrl_c(fake_docker, tmp_path, monkeypatch, bundled_matrix):
+    client, state = fake_docker
+    monkeypatch.setenv("FAKE_BUILD", "sleep")
+    spec = bundled_matrix.images[0]
+    builder = b.Builder(client, b.BuildOptions(), tmp_path, _Quiet([spec.name]))
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        with pytest.raises(b.Interrupted) as stop:
+            builder.run(_plans(tmp_path, client, spec, tmp_path))
+    finally:
+        timer.cancel()
+    assert [r.status for r in stop.value.results] == ["interrupted"]
+    assert (state / "got-sigint").exists()  # the build client was told to cancel
+    assert not list(state.glob("tag-*"))
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+
+
+def test_worker_error_fails_the_image_not_the_run(fake_docker, tmp_path, bundled_matrix):
+    client, _ = fake_docker
+    spec = bundled_matrix.images[0]
+    plans = _plans(tmp_path, client, spec, tmp_path)
+    plans[0].argv[0] = str(tmp_path / "no-such-docker")
+    [result] = b.Builder(client, b.BuildOptions(), tmp_path, _Quiet([spec.name])).run(plans)
+    assert result.status == "failed" and result.error.startswith("cannot build:") and "no-such-docker" in result.error
+
+
+def test_size_gate_names_the_largest_layers():
+    layers = [{"stanza": "build-tools", "instruction": "RUN apt-get install", "size": 300},
+              {"stanza": "efa", "instruction": "RUN efa", "size": 500},
+              {"stanza": "efa", "instruction": "ENV X=1", "size": 0},
+              {"stanza": "labels", "instruction": "LABEL a=1", "size": 0}]
+    gate = rep.size_gate(2000, 1000, 0.2, layers)
+    assert not gate["ok"] and gate["base_size"] == 1200
+    assert [layer["stanza"] for layer in gate["largest_layers"]] == ["efa", "build-tools"]
+    assert gate["largest_stanzas"] == [{"stanza": "efa", "size": 500}, {"stanza": "build-tools", "size": 300}]
+    text = rep.size_gate_message("img", gate)
+    assert "largest stanzas: efa 500 B, build-tools 300 B; base image 1.2 kB" in text
+    assert "stanza efa: RUN efa" in text.splitlines()[2]
+    assert "largest_layers" not in rep.size_gate(100, 1000, 0.2, layers)
+
+
+def test_dry_run_is_a_script_that_runs(fake_docker, tmp_path, monkeypatch):
+    """The printed commands, pasted into bash, build and then tag from the iid file."""
+    client, state = fake_docker
+    (tmp_path / "matrix.yaml").write_text(SMALL_MATRIX)
+    run = CliRunner().invoke
+    assert run(cli, ["--matrix", str(tmp_path / "matrix.yaml"), "render", "--all"]).exit_code == 0
+    monkeypatch.setenv("BUILDER_DOCKER", client.docker)
+    result = run(cli, ["--matrix", str(tmp_path / "matrix.yaml"), "build", "small", "small", "--dry-run",
+                       "--report", str(tmp_path / "plan.json")])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("# small: stanzas") == 1  # a name given twice is built once
+    proc = subprocess.run(["bash", "-c", result.output], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (state / "tag-small_small").read_text() == "sha256:" + "b" * 64
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["dry_run"] and [i["status"] for i in plan["images"]] == ["planned"]
+    assert plan["images"][0]["command"][1] == "build"
+
+
+def test_cli_one_line_errors_before_building(fake_docker, tmp_path, monkeypatch):
+    client, state = fake_docker
+    (tmp_path / "matrix.yaml").write_text(SMALL_MATRIX)
+    run = CliRunner().invoke
+    assert run(cli, ["--matrix", str(tmp_path / "matrix.yaml"), "render", "--all"]).exit_code == 0
+    monkeypatch.setenv("BUILDER_DOCKER", client.docker)
+    (tmp_path / "a-file").write_text("")
+    matrix = ["--matrix", str(tmp_path / "matrix.yaml")]
+    for args, message in [
+        (["--log-dir", str(tmp_path / "a-file")], "--log-dir"),
+        (["--log-dir", "/proc/builder-test"], "--log-dir"),
+        (["--report", str(tmp_path)], "is a directory"),
+        (["--report", "/proc/builder-test/r.json"], "--report"),
+        (["--build-arg", "EFA_INSTALLER_VERSION=1.43.2"], "change the matrix instead"),
+    ]:
+        result = run(cli, [*matrix, "build", "small", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output
+        assert len([line for line in result.output.splitlines() if line.lower().startswith("error:")]) == 1
+    assert not (state / "calls").exists()  # nothing was built
+
+
+def test_no_buildkit_client_is_exit_2(tmp_path, monkeypatch):
+    (tmp_path / "matrix.yaml").write_text(SMALL_MATRIX)
+    new = _fake_docker(tmp_path, "28.2.2", buildx=False)
+    result = CliRunner().invoke(cli, ["--matrix", str(tmp_path / "matrix.yaml"), "build", "small", "--docker", new])
+    assert result.exit_code == 2 and "cannot build with BuildKit" in result.output
+
+
+def test_cache_refs_per_image(tmp_path):
+    buildx = Client("/x/docker", "buildx", "27.0.0")
+    assert b._per_image("type=registry,ref=r/cache:{name}", "img-a") == "type=registry,ref=r/cache:img-a"
+    argv = build_command(buildx, dockerfile=tmp_path, context=tmp_path, iidfile=tmp_path, builder="ci")
+    assert argv[argv.index("--builder") + 1] == "ci"
+    classic = Client("/usr/bin/docker", "classic", "20.10.24", (("DOCKER_BUILDKIT", "1"),))
+    with pytest.raises(UsageError, match="--builder needs buildx"):
+        build_command(classic, dockerfile=tmp_path, context=tmp_path, iidfile=tmp_path, builder="ci")

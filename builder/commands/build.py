@@ -9,7 +9,7 @@ import click
 from builder import build as b
 from builder import build_report as rep
 from builder.buildkit import DOCKER_ENV, find_client
-from builder.errors import BuilderError, UsageError
+from builder.errors import BuilderError
 
 
 @click.command("build")
@@ -18,8 +18,12 @@ from builder.errors import BuilderError, UsageError
 @click.option("--docker", "docker", metavar="PATH", envvar=DOCKER_ENV,
               help=f"Docker client to use (default: the first that can build with BuildKit; env {DOCKER_ENV}).")
 @click.option("--network", metavar="MODE", help="Network for RUN steps, e.g. host (needed when the engine has no bridge).")
-@click.option("--cache-from", "cache_from", multiple=True, metavar="REF", help="External cache source (repeatable).")
-@click.option("--cache-to", "cache_to", metavar="SPEC", help="Cache export, e.g. type=registry,ref=... (buildx only).")
+@click.option("--cache-from", "cache_from", multiple=True, metavar="REF",
+              help="External cache source (repeatable); {name} becomes each image's name.")
+@click.option("--cache-to", "cache_to", metavar="SPEC",
+              help="Cache export, e.g. type=registry,ref=reg/cache:{name} (buildx only; {name}: one cache per image).")
+@click.option("--builder", "buildx_builder", metavar="NAME",
+              help="buildx builder instance (the default docker driver cannot export a cache).")
 @click.option("--no-cache", is_flag=True, help="Do not use the build cache.")
 @click.option("--build-arg", "build_args", multiple=True, metavar="NAME=VALUE",
               help="Override an ARG (repeatable); passed to the selected images that declare it, an error if none does.")
@@ -31,28 +35,37 @@ from builder.errors import BuilderError, UsageError
               help="Folder for the per-image build logs <name>.log (default: a new temp folder).")
 @click.option("--no-size-gate", is_flag=True, help="Report but do not fail images over their size_baseline.")
 @click.pass_obj
-def build_cmd(state, names, all_, docker, network, cache_from, cache_to, no_cache, build_args, jobs, dry_run,
-              report, log_dir, no_size_gate):
+def build_cmd(state, names, all_, docker, network, cache_from, cache_to, buildx_builder, no_cache, build_args, jobs,
+              dry_run, report, log_dir, no_size_gate):
     """Build images with BuildKit and tag them as the matrix says.
 
     Tags are applied only after a build succeeded. A failure names the stanza whose step
     failed and shows the end of its log.
 
     Exit codes: 0 all built; 1 a build failed (the others still finish); 2 bad input (unknown
-    image, stale Dockerfile, undeclared --build-arg, no BuildKit client); 3 all built but one
-    is over its size baseline; 130 interrupted (nothing half-built is tagged).
+    image, stale Dockerfile, undeclared --build-arg, unwritable --report or --log-dir, no
+    BuildKit client); 3 all built but one is over its size baseline; 130 interrupted (Ctrl-C or
+    SIGTERM; nothing half-built is tagged).
     """
     matrix = state.matrix()
-    specs = matrix.select(names, all_)
+    specs = matrix.select(list(dict.fromkeys(names)), all_)  # a name given twice is built once
     options = b.BuildOptions(network=network, cache_from=tuple(cache_from), cache_to=cache_to, no_cache=no_cache,
-                             build_args=b.parse_build_args(build_args), jobs=jobs, size_gate=not no_size_gate)
+                             build_args=b.parse_build_args(build_args), jobs=jobs, size_gate=not no_size_gate,
+                             builder=buildx_builder)
     client = find_client(docker)
+    if report:
+        rep.check_writable(report)
     if dry_run:
-        plans = b.plan(state.root, specs, client, options, Path(log_dir or "<log-dir>"))
-        for line in b.dry_run_lines(plans, client):
+        plans = b.plan(state.root, specs, client, options, Path(b.DRY_RUN_DIR))
+        for line in b.dry_run_lines(plans, client, log_dir):
             click.echo(line)
+        if report:
+            planned = [rep.ImageResult(p.spec.name, list(p.spec.refs), status="planned",
+                                       command=[a.replace(b.DRY_RUN_DIR, str(log_dir or "$log_dir")) for a in p.argv])
+                       for p in plans]
+            rep.write_report(report, planned, client.describe(), dry_run=True)
         return
-    log_dir = Path(log_dir) if log_dir else b.default_log_dir()
+    log_dir = b.prepare_log_dir(log_dir)
     click.echo(f"building {len(specs)} image(s) with {client.describe()}, {jobs} at a time; logs in {log_dir}", err=True)
     try:
         results = b.build(state.root, specs, client, options, log_dir)
@@ -60,8 +73,6 @@ def build_cmd(state, names, all_, docker, network, cache_from, cache_to, no_cach
         if report:
             rep.write_report(report, stop.results, client.describe())
         raise BuilderError("interrupted: no unfinished image was tagged", exit_code=b.EXIT_INTERRUPTED)
-    if report:
-        rep.write_report(report, results, client.describe())
     failed = [r for r in results if r.status == "failed"]
     for result in failed:
         click.echo(b.failure_text(result), err=True)
@@ -71,6 +82,8 @@ def build_cmd(state, names, all_, docker, network, cache_from, cache_to, no_cach
     built = [r for r in results if r.ok]
     click.echo(f"{len(built)} of {len(results)} built" + (f"; failed: {', '.join(r.name for r in failed)}" if failed else ""),
                err=True)
+    if report:  # after the failure texts: a report that cannot be written must not hide them
+        rep.write_report(report, results, client.describe())
     code = b.exit_code(results)
     if code:
         names_bad = [r.name for r in results if not r.ok]
@@ -79,4 +92,3 @@ def build_cmd(state, names, all_, docker, network, cache_from, cache_to, no_cach
 
 def register(cli: click.Group) -> None:
     cli.add_command(build_cmd)
-    _ = UsageError  # re-exported for callers that catch it from here
