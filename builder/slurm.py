@@ -42,8 +42,21 @@ NCCL_TUNER_API = Version("2.19.0")
 OFI_TUNER_FROM = Version("1.8.0")
 # The tuner refuses to load when NCCL_ALGO or NCCL_PROTO is set (aws/aws-ofi-nccl issue 982).
 TUNER_CONFLICTS = ("NCCL_ALGO", "NCCL_PROTO")
+# From aws-ofi-nccl 1.16 the tuner is built into the net plugin, which NCCL >= 2.21 searches for
+# a tuner when NCCL_TUNER_PLUGIN is unset (aws/aws-ofi-nccl PR 922, merged 2025-06, "2.19 - 2.20
+# tuner only loaded if NCCL_TUNER_PLUGIN is set"): there the variable is not needed.
+OFI_TUNER_IN_NET_PLUGIN = Version("1.16.0")
+NCCL_FINDS_TUNER_IN_NET = Version("2.21.0")
+# EFA installers from 1.43.0 bundle aws-ofi-nccl >= 1.16.1 (facts.EFA_BUNDLED_OFI).
+EFA_BUNDLES_TUNER_IN_NET = Version("1.43.0")
+# The tuner's models are for the p5 family (aws/aws-ofi-nccl PR 657); on p4d/p4de the plugin sets
+# NCCL_PROTO=simple itself and the tuner NCCL 2.19-2.20 loads by name then aborts the job with
+# "NCCL Error 4" (aws/aws-ofi-nccl issue 982). So it is only named for p5-family instances.
+TUNER_FAMILIES = ("p5", "p5e", "p5en")
 
 # --- strict patterns: these values end up in a shell script; reject, never escape -------------
+# Always re.fullmatch: with re.match, '$' also accepts a trailing newline, and a newline in a value
+# written into a comment line turns the rest of it into a command above the #SBATCH block.
 SQSH_RE = re.compile(r"^(?:/|\./|\.\./)[A-Za-z0-9._+/-]*[A-Za-z0-9_+-]\.(?:sqsh|squashfs)$")
 ABS_PATH_RE = re.compile(r"^/(?:[A-Za-z0-9._+-]+/?)*$")
 MOUNT_RE = re.compile(r"^/[A-Za-z0-9._+/-]*(?::/[A-Za-z0-9._+/-]*)?(?::(?:ro|rw))?$")
@@ -54,6 +67,10 @@ SIZE_RE = re.compile(r"^\d+[KMG]?$")
 OUTPUT_RE = re.compile(r"^[A-Za-z0-9._/%+-]+$")
 ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 ENV_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:/=^+@%-]*$")
+IMAGE_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}")  # matrix name or image reference
+VERSION_RE = re.compile(r"\d+(?:\.\d+)+")  # efa, aws-ofi-nccl: 1.47.0, 1.16.3
+NCCL_VERSION_RE = re.compile(r"\d+(?:\.\d+)+(?:-\d+)?")  # 2.29.3, 2.19.3-1
+TESTS_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -83,11 +100,18 @@ class Versions:
         return cls(efa, versions.get("aws_ofi_nccl"), versions.get("nccl"), versions.get("nccl_tests"))
 
     def check(self) -> None:
-        for name, value in (("efa", self.efa), ("aws_ofi_nccl", self.aws_ofi_nccl), ("nccl", self.nccl)):
+        # Strict digits-and-dots: packaging.Version would also take ' 1.30.0\n', and these values
+        # are written into the script's comments.
+        for name, value, pattern in (("efa", self.efa, VERSION_RE), ("aws_ofi_nccl", self.aws_ofi_nccl, VERSION_RE),
+                                     ("nccl", self.nccl, NCCL_VERSION_RE),
+                                     ("nccl_tests", self.nccl_tests, TESTS_VERSION_RE)):
             if value is None:
                 continue
+            if not isinstance(value, str) or not pattern.fullmatch(value):
+                raise UsageError(f"{name} version {value!r} is not a version (digits and dots, e.g. 1.47.0)")
             try:
-                Version(comp.nccl_base(value) if name == "nccl" else value)
+                if pattern is not TESTS_VERSION_RE:
+                    Version(comp.nccl_base(value) if name == "nccl" else value)
             except InvalidVersion:
                 raise UsageError(f"{name} version {value!r} is not a version (e.g. 1.47.0)") from None
 
@@ -101,11 +125,12 @@ class Versions:
         return None if self.bundled else self.aws_ofi_nccl
 
 
-def nccl_env(versions: Versions, debug: str = "INFO") -> list[EnvVar]:
+def nccl_env(versions: Versions, debug: str = "INFO", instance: str | None = None) -> list[EnvVar]:
     """The EFA/NCCL environment for a multi-node run, chosen by component versions.
 
     New stacks get no obsolete variables (the plugin sets FI_* and per-instance NCCL_* itself);
-    old stacks get what their plugin era needs (components.network_env).
+    old stacks get what their plugin era needs (components.network_env). ``instance`` (a type such
+    as p5.48xlarge) decides whether the AWS tuner may be named (``tuner_choice``).
     """
     versions.check()
     env = [EnvVar("NCCL_DEBUG", debug, "the transport verdict (EFA plugin or socket fallback) is only in these logs")]
@@ -116,10 +141,12 @@ def nccl_env(versions: Versions, debug: str = "INFO") -> list[EnvVar]:
             "NCCL_NET_PLUGIN", plugin.net_plugin_name,
             f"the plugin file is {Path(plugin.net_lib).name}, not the libnccl-net.so NCCL loads by default",
         ))
-    if _has_tuner(versions):
+    use, _ = tuner_choice(versions, instance)
+    if use:
         env.append(EnvVar(
             "NCCL_TUNER_PLUGIN", plugin.tuner_lib,
-            f"AWS algorithm/protocol tuner ({plugin.version_note}); NCCL 2.19-2.20 load it only when named",
+            f"AWS algorithm/protocol tuner for the p5 family ({plugin.version_note}); NCCL 2.19-2.20 load it "
+            "only when named, and plugins before 1.16 do not bundle it into the net plugin",
         ))
     nccl = _nccl_version(versions.nccl)
     if nccl is not None and nccl >= facts.NCCL_NEEDS_NEW_EFA and Version(versions.efa) < facts.EFA_FOR_NEW_NCCL:
@@ -136,7 +163,7 @@ def instance_env(intra: str) -> list[EnvVar]:
     return []
 
 
-def env_notes(versions: Versions) -> list[str]:
+def env_notes(versions: Versions, instance: str | None = None) -> list[str]:
     """What the user should know about the chosen environment (printed as warnings)."""
     notes = []
     if not versions.bundled and versions.aws_ofi_nccl is None:
@@ -144,8 +171,9 @@ def env_notes(versions: Versions) -> list[str]:
             f"the aws-ofi-nccl version in this image is unknown (EFA {versions.efa} does not bundle it; the base "
             "image installs it): NCCL_TUNER_PLUGIN is left out; pass --aws-ofi-nccl VERSION to choose it"
         )
-    if versions.nccl is None:
-        notes.append("the NCCL version in this image is unknown: assuming one that loads the tuner (>= 2.19)")
+    _, note = tuner_choice(versions, instance)
+    if note:
+        notes.append(note)
     return notes
 
 
@@ -153,14 +181,35 @@ def _nccl_version(nccl: str | None) -> Version | None:
     return Version(comp.nccl_base(nccl)) if nccl else None
 
 
-def _has_tuner(versions: Versions) -> bool:
+def _ofi_version(versions: Versions) -> Version | None:
+    """The aws-ofi-nccl version in the image: given, from the EFA changelog table, or None."""
+    ofi = versions.aws_ofi_nccl or (comp.bundled_ofi_version(versions.efa) if versions.bundled else None)
+    return Version(ofi) if ofi else None
+
+
+def tuner_choice(versions: Versions, instance: str | None) -> tuple[bool, str | None]:
+    """(name NCCL_TUNER_PLUGIN?, a note for the user when the answer depends on what they can tell us)."""
     nccl = _nccl_version(versions.nccl)
     if nccl is not None and nccl < NCCL_TUNER_API:
-        return False  # no tuner interface in this NCCL
-    if versions.bundled:
-        return True  # every bundled plugin (EFA >= 1.38) is aws-ofi-nccl >= 1.13
-    ofi = versions.aws_ofi_nccl
-    return ofi is not None and Version(ofi) >= OFI_TUNER_FROM
+        return False, None  # no tuner interface in this NCCL
+    ofi = _ofi_version(versions)
+    if ofi is None and not versions.bundled:
+        return False, None  # unknown source-built plugin: env_notes says so
+    if ofi is not None and ofi < OFI_TUNER_FROM:
+        return False, None  # the plugin has no tuner
+    in_net = (ofi >= OFI_TUNER_IN_NET_PLUGIN) if ofi is not None else Version(versions.efa) >= EFA_BUNDLES_TUNER_IN_NET
+    if in_net and nccl is not None and nccl >= NCCL_FINDS_TUNER_IN_NET:
+        return False, None  # NCCL finds the tuner in the net plugin by itself
+    family = instance.split(".", 1)[0] if instance else None
+    if family is not None and family not in TUNER_FAMILIES:
+        return False, None  # calibrated for p5 only; aborts NCCL 2.19-2.20 on p4d (issue 982)
+    if nccl is None:
+        return False, ("the NCCL version in this image is unknown: NCCL_TUNER_PLUGIN is left out (NCCL >= 2.21 "
+                       "finds the tuner in aws-ofi-nccl >= 1.16 by itself); pass --nccl VERSION to choose it")
+    if family is None:
+        return False, ("no --instance given: NCCL_TUNER_PLUGIN is left out (the AWS tuner is for the p5 family "
+                       "and aborts NCCL 2.19-2.20 on p4d); pass --instance p5.48xlarge to name it")
+    return True, None
 
 
 @dataclass(frozen=True)
@@ -199,6 +248,8 @@ class Job:
 
     def validate(self) -> None:
         problems = []
+        if not isinstance(self.image, str) or not IMAGE_LABEL_RE.fullmatch(self.image):
+            problems.append(f"image {self.image!r} must be a matrix name or an image reference (letters, digits, ._:/@+-)")
         if self.nodes < 1:
             problems.append("--nodes must be at least 1")
         if self.ntasks_per_node < 1:
@@ -207,39 +258,39 @@ class Job:
             problems.append("--gpus-per-node must be at least 1")
         if self.test not in TESTS:
             problems.append(f"unknown test {self.test!r}; choose one of {', '.join(TESTS)}")
-        if self.sqsh is not None and not SQSH_RE.match(self.sqsh):
+        if self.sqsh is not None and not SQSH_RE.fullmatch(self.sqsh):
             problems.append(
                 f"--sqsh {self.sqsh!r} must be a .sqsh path starting with / or ./ "
                 "(pyxis treats anything else as a registry image), made of letters, digits and ._+-/"
             )
-        if not ABS_PATH_RE.match(self.tests_dir):
+        if not ABS_PATH_RE.fullmatch(self.tests_dir):
             problems.append(f"--tests-dir {self.tests_dir!r} must be an absolute path of letters, digits and ._+-/")
         for flag, value in (("--min-bytes", self.min_bytes), ("--max-bytes", self.max_bytes)):
-            if not SIZE_RE.match(value):
+            if not SIZE_RE.fullmatch(value):
                 problems.append(f"{flag} {value!r} must be a byte count, optionally with K, M or G (e.g. 16G)")
         for flag, value in (("--factor", self.factor), ("--iters", self.iters)):
             if value < 1:
                 problems.append(f"{flag} must be at least 1")
         if self.warmup < 0 or self.check < 0:
             problems.append("--warmup and --check must not be negative")
-        if not SLURM_NAME_RE.match(self.name):
+        if not SLURM_NAME_RE.fullmatch(self.name):
             problems.append(f"job name {self.name!r} must be letters, digits and ._- (at most 64)")
-        if self.instance is not None and not INSTANCE_RE.match(self.instance):
+        if self.instance is not None and not INSTANCE_RE.fullmatch(self.instance):
             problems.append(f"--instance {self.instance!r} must be an instance type such as p5.48xlarge")
-        if self.partition is not None and not SLURM_NAME_RE.match(self.partition):
+        if self.partition is not None and not SLURM_NAME_RE.fullmatch(self.partition):
             problems.append(f"--partition {self.partition!r} must be letters, digits and ._-")
-        if self.time_limit is not None and not TIME_RE.match(self.time_limit):
+        if self.time_limit is not None and not TIME_RE.fullmatch(self.time_limit):
             problems.append(f"--time {self.time_limit!r} must be a Slurm time such as 30, 1:00:00 or 1-00:00")
-        if not OUTPUT_RE.match(self.output):
+        if not OUTPUT_RE.fullmatch(self.output):
             problems.append(f"--job-output {self.output!r} must be a path of letters, digits and ._/%+-")
         for mount in self.container_mounts:
-            if not MOUNT_RE.match(mount):
+            if not MOUNT_RE.fullmatch(mount):
                 problems.append(f"--container-mount {mount!r} must be SRC[:DST[:ro|rw]] with absolute paths")
         if self.container_mounts and self.sqsh is None:
             problems.append("--container-mount needs a container (drop --no-container)")
         for name, value in self.extra_env:
-            if not ENV_NAME_RE.match(name) or not ENV_VALUE_RE.match(value):
-                problems.append(f"--env {name}={value} must be NAME=VALUE with NAME in [A-Z0-9_] and a plain value")
+            if not ENV_NAME_RE.fullmatch(name) or not ENV_VALUE_RE.fullmatch(value):
+                problems.append(f"--env {name + '=' + value!r} must be NAME=VALUE with NAME in [A-Z0-9_] and a plain value")
         if problems:
             raise UsageError("; ".join(problems))
 
@@ -289,8 +340,9 @@ def describe_versions(versions: Versions) -> str:
 def render_sbatch(job: Job, versions: Versions, env: list[EnvVar] | None = None) -> str:
     """The sbatch script text (deterministic: same inputs, same bytes)."""
     job.validate()
+    versions.check()
     if env is None:
-        env, _ = merge_env(nccl_env(versions), job.extra_env)
+        env, _ = merge_env(nccl_env(versions, instance=job.instance), job.extra_env)
     q = shlex.quote
     ranks = job.nodes * job.ntasks_per_node
     lines = [
@@ -301,7 +353,7 @@ def render_sbatch(job: Job, versions: Versions, env: list[EnvVar] | None = None)
         f"# Components: {describe_versions(versions)}.",
         "# Read the result with: builder nccl parse <the --output file below>",
         f"# Judge it with: builder nccl judge <that file> --nodes {job.nodes}"
-        f"{' --instance ' + job.instance if job.instance else ' --instance TYPE'}",
+        f"{' --instance ' + job.instance if job.instance else ' --instance TYPE'} --collective {job.test}_perf",
         f"#SBATCH --job-name={job.name}",
         f"#SBATCH --nodes={job.nodes}",
         f"#SBATCH --ntasks-per-node={job.ntasks_per_node}",
@@ -333,8 +385,12 @@ def render_sbatch(job: Job, versions: Versions, env: list[EnvVar] | None = None)
     else:
         lines.append("# --no-container: the benchmark runs on the nodes themselves, without pyxis.")
     # pmix: nccl-tests built with MPI=1 wires its ranks up through Slurm's PMIx server.
-    srun += ["--mpi=pmix", "--cpu-bind=none"]
+    # --label: "N: " before every line, so each rank's NCCL lines (and a build without MPI, where
+    # every rank prints its own table) can be told apart by `builder nccl parse`.
+    srun += ["--mpi=pmix", "--cpu-bind=none", "--label"]
     bench = [q(a) for a in job.benchmark_argv()]
+    # Names the table in the output: nccl-tests before 2.17 does not print the collective.
+    lines.append(f"echo {q(f'nccl-tests: {job.test}_perf on {job.nodes} node(s) x {job.ntasks_per_node} task(s)')}")
     lines.append(" ".join(srun) + " \\")
     lines.append("    " + " ".join(bench))
     return "\n".join(lines) + "\n"

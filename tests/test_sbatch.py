@@ -20,8 +20,8 @@ OBSOLETE_ON_NEW_STACKS = (
 )
 
 
-def env_of(efa, ofi=None, nccl=None) -> dict[str, str]:
-    return {v.name: v.value for v in slurm.nccl_env(slurm.Versions(efa, ofi, nccl))}
+def env_of(efa, ofi=None, nccl=None, instance=None) -> dict[str, str]:
+    return {v.name: v.value for v in slurm.nccl_env(slurm.Versions(efa, ofi, nccl), instance=instance)}
 
 
 def job(**kw) -> slurm.Job:
@@ -30,26 +30,49 @@ def job(**kw) -> slurm.Job:
 
 # --- environment by versions -----------------------------------------------------------------------
 
-def test_new_bundled_stack_gets_flat_tuner_path_and_no_obsolete_variables():
-    env = env_of("1.47.0", None, "2.29.3")  # awsome-distributed-training nccl-tests image, 2026-02
+def test_new_bundled_stack_needs_no_tuner_variable_and_no_obsolete_variables():
+    for instance in (None, "p5.48xlarge", "p4de.24xlarge"):
+        env = env_of("1.47.0", None, "2.29.3", instance)  # awsome-distributed-training nccl-tests image, 2026-02
+        assert "NCCL_TUNER_PLUGIN" not in env  # NCCL >= 2.21 finds it in aws-ofi-nccl >= 1.16 (PR 922)
+        assert env["NCCL_NET_PLUGIN"] == "ofi"  # the file is libnccl-net-ofi.so from EFA 1.44 on
+        assert env["NCCL_DEBUG"] == "INFO"
+        assert env["PMIX_MCA_gds"] == "hash"
+        assert not set(OBSOLETE_ON_NEW_STACKS) & set(env)
+
+
+def test_flat_tuner_path_where_nccl_needs_it_named_on_p5():
+    env = env_of("1.47.0", None, "2.20.5", "p5en.48xlarge")  # NCCL 2.19-2.20 load a tuner only by name
     assert env["NCCL_TUNER_PLUGIN"] == "/opt/amazon/ofi-nccl/lib/libnccl-ofi-tuner.so"
-    assert env["NCCL_NET_PLUGIN"] == "ofi"  # the file is libnccl-net-ofi.so from EFA 1.44 on
-    assert env["NCCL_DEBUG"] == "INFO"
-    assert env["PMIX_MCA_gds"] == "hash"
-    assert not set(OBSOLETE_ON_NEW_STACKS) & set(env)
+
+
+def test_no_tuner_on_p4de_with_nccl_2_20():
+    # aws-ofi-nccl issue 982: the plugin forces NCCL_PROTO=simple on p4de and the named tuner aborts.
+    assert "NCCL_TUNER_PLUGIN" not in env_of("1.43.1", None, "2.20.5", "p4de.24xlarge")
+    assert "NCCL_TUNER_PLUGIN" not in env_of("1.43.1", None, "2.20.5")  # instance unknown: left out
+    notes = slurm.env_notes(slurm.Versions("1.43.1", None, "2.20.5"))
+    assert len(notes) == 1 and "--instance" in notes[0]
 
 
 def test_bundled_plugin_before_144_lives_in_the_arch_folder():
-    env = env_of("1.43.2", "1.16.3", "2.27.7")
+    env = env_of("1.40.0", None, "2.27.7", "p5.48xlarge")  # bundles aws-ofi-nccl 1.14.2: tuner not in the net plugin
     assert env["NCCL_TUNER_PLUGIN"] == "/opt/amazon/ofi-nccl/lib/x86_64-linux-gnu/libnccl-ofi-tuner.so"
     assert "NCCL_NET_PLUGIN" not in env  # libnccl-net.so is there, NCCL's default name
     assert not set(OBSOLETE_ON_NEW_STACKS) & set(env)
+    assert "NCCL_TUNER_PLUGIN" not in env_of("1.43.2", "1.16.3", "2.27.7", "p5.48xlarge")
 
 
 def test_source_built_plugin_tuner_beside_it():
-    env = env_of("1.35.0", "1.12.1", "2.22.3")  # the NVIDIA-base reference image
+    env = env_of("1.35.0", "1.12.1", "2.22.3", "p5.48xlarge")  # the NVIDIA-base reference image
     assert env["NCCL_TUNER_PLUGIN"] == "/opt/aws-ofi-nccl/lib/libnccl-ofi-tuner.so"
     assert not set(OBSOLETE_ON_NEW_STACKS) & set(env)
+
+
+@pytest.mark.parametrize("efa, ofi, nccl", [("1.15.0", "1.5.0", "2.12.12"), ("1.20.0", "1.6.0", "2.16.5"),
+                                            ("1.26.0", "1.7.3", "2.19.3"), ("1.35.0", "1.12.1", "2.22.3"),
+                                            ("1.43.2", None, "2.27.7"), ("1.47.0", None, "2.29.3")])
+def test_no_rdmav_fork_safe_in_any_era(efa, ofi, nccl):
+    # The reference: "Never RDMAV_FORK_SAFE" (libfabric/rdma-core handle fork safety themselves).
+    assert "RDMAV_FORK_SAFE" not in env_of(efa, ofi, nccl, "p5.48xlarge")
 
 
 @pytest.mark.parametrize(
@@ -84,10 +107,17 @@ def test_sync_memops_override_only_for_old_efa_with_new_nccl():
     assert "FI_EFA_SET_CUDA_SYNC_MEMOPS" not in env_of("1.26.0", "1.7.3", "2.18.5")
 
 
-def test_unknown_nccl_assumes_a_tuner_capable_one_and_bad_versions_are_refused():
-    assert "NCCL_TUNER_PLUGIN" in env_of("1.47.0")
+def test_unknown_nccl_leaves_the_tuner_out_and_bad_versions_are_refused():
+    assert "NCCL_TUNER_PLUGIN" not in env_of("1.47.0", instance="p5.48xlarge")
     with pytest.raises(UsageError, match="efa version"):
         env_of("latest")
+
+
+@pytest.mark.parametrize("versions", [("1.30.0\n",), ("1.30.0", "1.7.4\n"), ("1.30.0", None, "2.18.5\n"),
+                                      (" 1.30.0",), ("1.30.0", None, None, "2.13\n#x")])
+def test_versions_with_whitespace_or_newlines_are_refused(versions):
+    with pytest.raises(UsageError, match="is not a version"):
+        slurm.render_sbatch(job(), slurm.Versions(*versions))
 
 
 def test_versions_need_efa():
@@ -99,7 +129,8 @@ def test_versions_need_efa():
 
 
 def test_env_override_and_tuner_conflict():
-    env = slurm.nccl_env(slurm.Versions("1.47.0", None, "2.29.3"))
+    env = slurm.nccl_env(slurm.Versions("1.47.0", None, "2.20.5"), instance="p5.48xlarge")
+    assert "NCCL_TUNER_PLUGIN" in {v.name for v in env}
     merged, warnings = slurm.merge_env(env, (("NCCL_DEBUG", "WARN"), ("NCCL_ALGO", "Ring")))
     names = {v.name: v.value for v in merged}
     assert names["NCCL_DEBUG"] == "WARN" and names["NCCL_ALGO"] == "Ring"
@@ -110,7 +141,7 @@ def test_env_override_and_tuner_conflict():
 # --- the script ------------------------------------------------------------------------------------
 
 def test_script_runs_nccl_tests_through_pyxis():
-    text = slurm.render_sbatch(job(), slurm.Versions("1.47.0", None, "2.29.3"))
+    text = slurm.render_sbatch(job(instance="p5.48xlarge"), slurm.Versions("1.47.0", None, "2.20.5"))
     lines = text.splitlines()
     assert lines[0] == "#!/bin/bash"
     assert "#SBATCH --nodes=2" in lines
@@ -119,8 +150,10 @@ def test_script_runs_nccl_tests_through_pyxis():
     assert "#SBATCH --output=%x_%j.out" in lines
     assert "IMAGE=/fsx/nccl-efa147.sqsh" in lines
     assert "export NCCL_TUNER_PLUGIN=/opt/amazon/ofi-nccl/lib/libnccl-ofi-tuner.so" in lines
+    assert "echo 'nccl-tests: all_reduce_perf on 2 node(s) x 8 task(s)'" in lines  # names the table
+    assert "--nodes 2 --instance p5.48xlarge --collective all_reduce_perf" in text  # the judge hint
     srun = text[text.index("\nsrun ") + 1:]
-    assert srun.startswith('srun --container-image "$IMAGE" --mpi=pmix --cpu-bind=none \\\n')
+    assert srun.startswith('srun --container-image "$IMAGE" --mpi=pmix --cpu-bind=none --label \\\n')
     assert srun.split("\\\n")[1].split() == [
         "/opt/nccl-tests/build/all_reduce_perf", "-b", "8", "-e", "16G", "-f", "2", "-g", "1",
         "-c", "1", "-w", "5", "-n", "100",
@@ -137,7 +170,8 @@ def test_script_options_and_no_container_variant():
         slurm.Versions("1.47.0"),
     )
     assert "--container-image" not in text and "IMAGE=" not in text
-    assert "srun --mpi=pmix --cpu-bind=none \\\n    /shared/nccl-tests/build/all_gather_perf" in text
+    assert "srun --mpi=pmix --cpu-bind=none --label \\\n    /shared/nccl-tests/build/all_gather_perf" in text
+    assert "--collective all_gather_perf" in text
     for line in ("#SBATCH --gpus-per-node=4", "#SBATCH --partition=p5", "#SBATCH --time=1:00:00",
                  "#SBATCH --job-name=nccl-check", "#SBATCH --ntasks-per-node=4"):
         assert line in text.splitlines()
@@ -200,8 +234,8 @@ def run_cli(args, tmp_path, monkeypatch):
 
 
 def test_cli_writes_script_for_an_image_reference(tmp_path, monkeypatch):
-    res = run_cli(["repo/pt:1", "--nodes", "4", "--sqsh", "/fsx/pt.sqsh", "--efa", "1.43.2", "--nccl", "2.27.7"],
-                  tmp_path, monkeypatch)
+    res = run_cli(["repo/pt:1", "--nodes", "4", "--sqsh", "/fsx/pt.sqsh", "--efa", "1.40.0", "--nccl", "2.27.7",
+                   "--instance", "p5.48xlarge"], tmp_path, monkeypatch)
     assert res.exit_code == 0, res.output
     script = tmp_path / "nccl-pt-1-4n.sbatch"
     assert f"wrote {script.name}" in res.output
@@ -289,3 +323,55 @@ def test_cli_instance_sets_ranks_per_node_and_pcie_preset(tmp_path, monkeypatch)
     res = run_cli(["repo/pt:1", "-N", "2", "--sqsh", "/x.sqsh", "--efa", "1.47.0", "--instance", "p9.huge"],
                   tmp_path, monkeypatch)
     assert res.exit_code == 2 and "unknown instance type" in res.output
+
+
+# --- newline injection (review of issue 5, M7) ------------------------------------------------------
+
+def _first_command_after_sbatch_block(text: str) -> bool:
+    """sbatch stops reading #SBATCH lines at the first command: none may come before the last one."""
+    lines = text.splitlines()
+    last_directive = max(i for i, line in enumerate(lines) if line.startswith("#SBATCH"))
+    return all(not line.strip() or line.startswith("#") for line in lines[1:last_directive])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["repo/img:x", "--efa", "1.30.0\n"],
+        ["repo/img:x", "--efa", "1.30.0", "--aws-ofi-nccl", "1.7.4\n"],
+        ["repo/img:x", "--efa", "1.30.0", "--nccl", "2.18.5\n"],
+        ["repo/img:x\n", "--efa", "1.47.0"],
+        ["repo/img:x", "--efa", "1.47.0", "--env", "FOO\n=1"],
+        ["repo/img:x", "--efa", "1.47.0", "--env", "FOO=1\n"],
+        ["repo/img:x", "--efa", "1.47.0", "--job-name", "nccl\n"],
+        ["repo/img:x", "--efa", "1.47.0", "--partition", "gpu\n"],
+        ["repo/img:x", "--efa", "1.47.0", "--time", "30\n"],
+        ["repo/img:x", "--efa", "1.47.0", "--job-output", "x.out\n"],
+        ["repo/img:x", "--efa", "1.47.0", "--container-mount", "/fsx:/fsx\n"],
+        ["repo/img:x", "--efa", "1.47.0", "--tests-dir", "/opt/t\n"],
+        ["repo/img:x", "--efa", "1.47.0", "-b", "8\n"],
+    ],
+)
+def test_a_trailing_newline_in_any_value_is_refused(args, tmp_path, monkeypatch):
+    res = run_cli([*args, "--nodes", "2", "--sqsh", "/fsx/a.sqsh", "-o", "-"], tmp_path, monkeypatch)
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("error: ") and "#!/bin/bash" not in res.output
+    assert len(res.output.strip().splitlines()) == 1  # the bad value is shown escaped, on one line
+
+
+def test_sqsh_with_a_trailing_newline_is_refused():
+    with pytest.raises(UsageError, match="--sqsh"):
+        slurm.render_sbatch(job(sqsh="/fsx/a.sqsh\n"), slurm.Versions("1.47.0"))
+
+
+@pytest.mark.parametrize(
+    "kw, versions",
+    [
+        ({}, ("1.47.0", None, "2.29.3")),
+        ({"instance": "p5.48xlarge", "partition": "p5", "time_limit": "1:00:00", "gpus_per_node": 8}, ("1.40.0",)),
+        ({"sqsh": None, "exclusive": False, "extra_env": (("FI_LOG_LEVEL", "warn"),)}, ("1.15.0", "1.5.0", "2.12.12")),
+        ({"container_mounts": ("/fsx:/fsx",), "test": "sendrecv"}, ("1.26.0", "1.7.3", "2.19.3")),
+    ],
+)
+def test_no_command_above_the_last_sbatch_line(kw, versions):
+    assert _first_command_after_sbatch_block(slurm.render_sbatch(job(**kw), slurm.Versions(*versions)))

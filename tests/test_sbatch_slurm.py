@@ -7,7 +7,8 @@ What cannot run here: pyxis/enroot (not packaged) and nccl-tests (no GPU). So th
 only validated (slurmctld reads the #SBATCH lines; the srun flags are checked by the unit tests),
 and the run uses the --no-container variant with --tests-dir pointing at a stand-in all_reduce_perf:
 a shell script that records its argv and environment per rank, and on rank 0 prints a real
-recorded nccl-tests output verbatim (tests/fixtures/nccl/, attributed there): one from Slurm on
+recorded nccl-tests output verbatim (tests/fixtures/nccl/, attributed there; without the srun
+labels it was recorded with, since the script's srun --label adds them): one from Slurm on
 2 x p5.48xlarge, and one with the NCCL INFO lines of an EFA run on 2 x p4d.24xlarge.
 """
 
@@ -37,6 +38,18 @@ def recorded_output(name: str) -> str:
     """A fixture without its '%%' attribution header (the source's lines, verbatim)."""
     text = (FIXTURES / name).read_text()
     return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("%%"))
+
+
+def as_printed(text: str) -> str:
+    """What the program itself printed: without the 'N: ' labels srun -l added when it was recorded
+    (the generated script runs srun --label, which adds them again)."""
+    from builder.nccl.parse import LAUNCHER_SRUN, split_prefix
+
+    out = []
+    for line in text.splitlines(keepends=True):
+        launcher, _, content = split_prefix(line)
+        out.append(content if launcher == LAUNCHER_SRUN else line)
+    return "".join(out)
 
 
 def sbatch(tmp_path, monkeypatch, *args: str):
@@ -70,7 +83,7 @@ def test_no_container_variant_runs_to_completion_and_parses(recorded, slurm_clus
     bindir, record = tmp_path / "bin", tmp_path / "record"
     bindir.mkdir()
     record.mkdir()
-    (tmp_path / "recorded.txt").write_text(recorded_output(recorded))
+    (tmp_path / "recorded.txt").write_text(as_printed(recorded_output(recorded)))
     stand_in = bindir / "all_reduce_perf"
     stand_in.write_text(
         "#!/bin/bash\n"
@@ -100,13 +113,14 @@ def test_no_container_variant_runs_to_completion_and_parses(recorded, slurm_clus
             assert env.get(name) == value, name
         args = (record / f"args.{rank}").read_text().split()
         assert args == ["-b", "8", "-e", "16G", "-f", "2", "-g", "1", "-c", "1", "-w", "5", "-n", "100"]
-    assert expected_env["NCCL_TUNER_PLUGIN"] == "/opt/amazon/ofi-nccl/lib/libnccl-ofi-tuner.so"
+    assert "NCCL_TUNER_PLUGIN" not in expected_env  # NCCL 2.29 finds the tuner in the EFA 1.47 plugin
 
     # The job's output file reads like the recorded run it replayed: rows, average, transport.
     job_run, recorded_run = parse_text(output.read_text()), parse_text(recorded_output(recorded))
     assert job_run.rows and job_run.rows == recorded_run.rows
     assert job_run.avg_busbw_printed == recorded_run.avg_busbw_printed
     assert job_run.transport == recorded_run.transport
+    assert job_run.launcher == "srun -l" and job_run.collective == "all_reduce_perf"  # named by the script's echo
     if recorded.startswith("awsome_p5"):
         assert len(job_run.rows) == 32
         assert (job_run.peak.busbw, job_run.peak.size) == (487.26, 17179869184)
@@ -160,3 +174,21 @@ def test_submit_returns_the_job_id_and_output_path(slurm_cluster, tmp_path, monk
             break
         time.sleep(1)
     assert "stand-in rank 0" in Path(summary["output"]).read_text()
+
+
+def test_every_rank_printing_its_table_is_told_apart_by_the_labels(slurm_cluster, tmp_path, monkeypatch):
+    """nccl-tests built without MPI: srun starts N independent single-rank runs, each prints a table.
+    With srun --label (the generated script) the parser reads rank 0's and says why."""
+    from builder.nccl.parse import parse_text
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (tmp_path / "recorded.txt").write_text(as_printed(recorded_output("awsome_p5_2node_srun.txt")))
+    (bindir / "all_reduce_perf").write_text(f"#!/bin/bash\ncat {tmp_path / 'recorded.txt'}\n")
+    (bindir / "all_reduce_perf").chmod(0o755)
+    res = sbatch(tmp_path, monkeypatch, "--nodes", "1", "--ntasks-per-node", str(TASKS), "--no-container",
+                 "--tests-dir", str(bindir), "--time", "5", "--wait", "--json", "-o", "nompi.sbatch")
+    assert res.exit_code == 0, res.output + slurm_cluster.logs()
+    run = parse_text(Path(json.loads(res.output)["output"]).read_text())
+    assert len(run.rows) == 32 and run.peak.busbw == 487.26
+    assert any(f"{TASKS} ranks each printed a result table" in w for w in run.warnings)

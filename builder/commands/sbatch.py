@@ -41,7 +41,7 @@ def _resolve(state, image: str, efa, ofi, nccl) -> tuple[str, dict, bool]:
                 f"{image!r} is not an image in {state.matrix_path.name}; for another image pass the versions "
                 "it contains: --efa VERSION [--aws-ofi-nccl VERSION] [--nccl VERSION]"
             )
-        if not IMAGE_REF_RE.match(image):
+        if not IMAGE_REF_RE.fullmatch(image):
             raise UsageError(f"{image!r} is neither a matrix image name nor a valid image reference")
     for key, value in (("efa", efa), ("aws_ofi_nccl", ofi), ("nccl", nccl)):
         if value is not None:
@@ -126,9 +126,9 @@ def register(cli: click.Group) -> None:
             exclusive=exclusive, container_mounts=tuple(mounts), extra_env=tuple(_env_pair(e) for e in env),
         )
         job.validate()
-        chosen = slurm.nccl_env(versions) + (slurm.instance_env(instance.intra) if instance else [])
+        chosen = slurm.nccl_env(versions, instance=instance_type) + (slurm.instance_env(instance.intra) if instance else [])
         env_vars, warnings = slurm.merge_env(chosen, job.extra_env)
-        warnings = slurm.env_notes(versions) + warnings
+        warnings = slurm.env_notes(versions, instance_type) + warnings
         if from_matrix and not versions.nccl_tests and tests_dir == slurm.DEFAULT_TESTS_DIR and not no_container:
             warnings.append(f"image {label} does not list nccl_tests in its components; "
                             f"the job expects the binaries in {tests_dir} (see --tests-dir)")
@@ -170,7 +170,7 @@ def register(cli: click.Group) -> None:
                 result_file = summary["output"] or "<job output file>"
                 click.echo(f"read it with: builder nccl parse {result_file}")
                 click.echo(f"judge it with: builder nccl judge {result_file} --nodes {nodes} "
-                           f"--instance {instance_type or 'TYPE'}")
+                           f"--instance {instance_type or 'TYPE'} --collective {test}_perf")
             else:
                 click.echo(f"submit with: sbatch {path}")
         if code:
