@@ -78,9 +78,38 @@ class RegistryAuth:
 class Repository:
     name: str
     uri: str
-    immutable: bool
+    immutable: bool  # the repository's rule for tags in general (IMMUTABLE or IMMUTABLE_WITH_EXCLUSION)
     scan_on_push: bool
     created: bool  # created by this run
+    tag_mutability: str = ""  # ECR's imageTagMutability, as it reports it
+    exclusions: tuple[str, ...] = ()  # imageTagMutabilityExclusionFilters: tags that follow the other rule
+
+    def tag_immutable(self, tag: str) -> bool | None:
+        """Whether ECR refuses to move ``tag``: True/False from the repository's settings, None
+        when exclusion filters take part (the registry's answer to the push then decides, so a
+        guess about ECR's wildcard matching can never turn into a wrong error)."""
+        if self.tag_mutability in ("IMMUTABLE", "MUTABLE"):
+            return self.tag_mutability == "IMMUTABLE"
+        if not self.tag_mutability:
+            return self.immutable
+        return None
+
+
+def _repository(answer: dict, created: bool) -> Repository:
+    mutability = str(answer.get("imageTagMutability", "MUTABLE"))
+    filters = answer.get("imageTagMutabilityExclusionFilters") or []
+    return Repository(
+        name=answer["repositoryName"],
+        uri=answer.get("repositoryUri", ""),
+        immutable=mutability.startswith("IMMUTABLE"),
+        scan_on_push=bool(answer.get("imageScanningConfiguration", {}).get("scanOnPush", False)),
+        created=created,
+        tag_mutability=mutability,
+        exclusions=tuple(str(f.get("filter", "")) for f in filters if isinstance(f, dict)),
+    )
+
+
+_DENIED_CODES = ("AccessDeniedException", "AccessDenied", "UnauthorizedOperation", "403")
 
 
 def _client_error_code(exc: Exception) -> str:
@@ -150,10 +179,14 @@ class EcrApi:
     # --- repository -------------------------------------------------------------------------
 
     def ensure_repository(self, name: str, *, immutable: bool = True, scan_on_push: bool = True) -> Repository:
-        """Create the repository when missing; an existing one keeps its settings (read back, not changed)."""
+        """The repository, created when missing; an existing one keeps its settings (read back,
+        not changed). Looked up first: a CI role often may push but not create repositories."""
         from botocore.exceptions import ClientError
 
         check_repository(name)
+        existing = self._describe_repository(name)
+        if existing is not None:
+            return _repository(existing, created=False)
         try:
             answer = self._call(
                 "create_repository",
@@ -162,23 +195,31 @@ class EcrApi:
                 imageTagMutability="IMMUTABLE" if immutable else "MUTABLE",
                 imageScanningConfiguration={"scanOnPush": scan_on_push},
             )
-            created = True
         except ClientError as exc:
-            if _client_error_code(exc) != "RepositoryAlreadyExistsException":
-                raise self._fail("create_repository", exc) from None
-            try:
-                answer = {"repository": self._call("describe_repositories", **self._scope(), repositoryNames=[name])["repositories"][0]}
-            except ClientError as exc2:
-                raise self._fail("describe_repositories", exc2) from None
-            created = False
-        repo = answer["repository"]
-        return Repository(
-            name=repo["repositoryName"],
-            uri=repo.get("repositoryUri", ""),
-            immutable=str(repo.get("imageTagMutability", "MUTABLE")).startswith("IMMUTABLE"),
-            scan_on_push=bool(repo.get("imageScanningConfiguration", {}).get("scanOnPush", False)),
-            created=created,
-        )
+            code = _client_error_code(exc)
+            if code == "RepositoryAlreadyExistsException":  # another job made it just now
+                existing = self._describe_repository(name)
+                if existing is not None:
+                    return _repository(existing, created=False)
+            if code in _DENIED_CODES or "not authorized" in _client_error_message(exc):
+                raise BuilderError(
+                    f"ECR repository {name} does not exist and these credentials may not create it "
+                    "(ecr:CreateRepository): create it once with an admin role, or grant that permission"
+                ) from None
+            raise self._fail("create_repository", exc) from None
+        return _repository(answer["repository"], created=True)
+
+    def _describe_repository(self, name: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self._call("describe_repositories", **self._scope(), repositoryNames=[name])
+        except ClientError as exc:
+            if _client_error_code(exc) == "RepositoryNotFoundException":
+                return None
+            raise self._fail("describe_repositories", exc) from None
+        repositories = answer.get("repositories") or []
+        return repositories[0] if repositories else None
 
     # --- authorization ----------------------------------------------------------------------
 
@@ -220,16 +261,17 @@ class EcrApi:
         details = answer.get("imageDetails") or []
         return details[0].get("imageDigest") if details else None
 
-    def image_manifest(self, repository: str, tag: str) -> dict | None:
-        """The manifest ECR holds for repository:tag (parsed JSON), or None when absent."""
+    def image_manifest(self, repository: str, tag: str | None = None, *, digest: str | None = None) -> dict | None:
+        """The manifest ECR holds for repository:tag (or @digest), parsed, or None when absent."""
         from botocore.exceptions import ClientError
 
+        image_id = {"imageDigest": digest} if digest else {"imageTag": tag}
         try:
             answer = self._call(
                 "batch_get_image",
                 **self._scope(),
                 repositoryName=repository,
-                imageIds=[{"imageTag": tag}],
+                imageIds=[image_id],
                 acceptedMediaTypes=list(MANIFEST_MEDIA_TYPES),
             )
         except ClientError as exc:
