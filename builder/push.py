@@ -1,14 +1,18 @@
 """Push stage: a local image to Amazon ECR, every tag verified by digest.
 
-For each tag: make sure the repository exists (immutable tags and scan on push by default), get a
-fresh authorization token, push through the Docker engine while checking every stream line, then
-take the manifest digest from the stream and require the registry (``HEAD .../manifests/<tag>``)
-and ECR (``describe_images``) to report the same one. Only then is the tag reported as pushed.
+For each tag: make sure the repository exists (looked up first, created with immutable tags and
+scan on push when missing), get a fresh authorization token, push through the Docker engine while
+checking every stream line, then take the manifest digest from the stream and require the registry
+(``HEAD .../manifests/<tag>``) and ECR (``describe_images``) to report the same one, and the
+manifest ECR holds to be this image's. Only then is the tag reported as pushed.
 
 Transient failures (network, 5xx, throttling, an expired or refused token) are retried with
-exponential backoff and a fresh token. On an immutable repository a tag that already exists is
-accepted only when it holds this very image (its manifest's config digest is the local image ID);
-otherwise the push stops with ``TagConflict`` (exit code 3).
+exponential backoff and a fresh token. A tag that already holds this very image is not pushed
+again. "This very image": the digest ECR records is the local image ID (the containerd image store
+names images by manifest digest) or one of its RepoDigests, or that manifest's config digest (or
+its platform manifest's, for an index) is the local image ID (the classic store). On an immutable
+repository a tag holding another image stops the push with ``TagConflict`` (exit code 3); with
+exclusion filters the registry's answer to the push decides.
 """
 
 from __future__ import annotations
@@ -153,6 +157,8 @@ class Pusher:
     def _describe_repository(self, repo: Repository) -> None:
         state = "created" if repo.created else "exists"
         tags = "immutable" if repo.immutable else "mutable"
+        if repo.exclusions:
+            tags += f" (except tags matching {', '.join(repo.exclusions)})"
         scan = "scan on push" if repo.scan_on_push else "no scan on push"
         self.report(f"repository {repo.name}: {state}, {tags} tags, {scan}")
         if not repo.created and repo.immutable != self.immutable:
@@ -163,14 +169,29 @@ class Pusher:
     def _push_tag(self, image, registry: str, repo: Repository, tag: str) -> TagResult:
         ref = f"{registry}/{repo.name}:{tag}"
         existing = self.ecr.image_digest(repo.name, tag)
-        if existing and repo.immutable:
-            return self._adopt_existing(image, registry, repo, tag, existing)
+        if existing:
+            same = self._same_image(image, repo.name, existing)
+            if same or repo.tag_immutable(tag):
+                return self._adopt_existing(image, registry, repo, tag, existing, same)
 
         self.report(f"pushing {ref}")
+        # The engine pushes by name: tag the image as registry/repository:tag for the push only.
+        added_tag = ref not in image.tags
         try:
             image.tag(f"{registry}/{repo.name}", tag)
         except Exception as exc:  # docker.errors.APIError: the engine refused the tag
             raise BuilderError(f"could not tag the image as {ref}: {exc}") from None
+        try:
+            return self._push_tagged(image, registry, repo, tag)
+        finally:
+            if added_tag:
+                try:
+                    self.docker.images.remove(ref, noprune=True)
+                except Exception:  # only a leftover name in the local engine
+                    pass
+
+    def _push_tagged(self, image, registry: str, repo: Repository, tag: str) -> TagResult:
+        ref = f"{registry}/{repo.name}:{tag}"
 
         last_error = ""
         last_kind = FATAL
@@ -186,6 +207,11 @@ class Pusher:
                 )
                 outcome = read_push_stream(stream, tag, progress)
                 self._verify(registry, repo.name, tag, outcome.digest, auth)
+                if not self._same_image(image, repo.name, outcome.digest):
+                    raise BuilderError(
+                        f"{ref} was pushed as {outcome.digest}, but the manifest ECR holds under that digest is not "
+                        f"the local image {image.id}; another push may have raced this one"
+                    )
                 self.report(f"pushed {ref} {outcome.digest} (verified with the registry and ECR)")
                 return TagResult(ref, repo.name, tag, outcome.digest, "pushed", attempt)
             except PushStreamError as exc:
@@ -241,12 +267,30 @@ class Pusher:
                 f"{recorded or 'no image'}"
             )
 
-    def _adopt_existing(self, image, registry: str, repo: Repository, tag: str, existing: str) -> TagResult:
-        """An immutable tag already exists: fine only if it holds this image (same config digest)."""
+    def _same_image(self, image, repository: str, digest: str) -> bool:
+        """Whether the manifest ECR holds as ``digest`` is the local ``image`` (see the module docstring)."""
+        if digest == image.id:
+            return True
+        if any(d.rpartition("@")[2] == digest for d in image.attrs.get("RepoDigests") or []):
+            return True
+        manifest = self.ecr.image_manifest(repository, digest=digest) or {}
+        if (manifest.get("config") or {}).get("digest") == image.id:
+            return True
+        arch, os_name = image.attrs.get("Architecture"), image.attrs.get("Os")
+        for child in manifest.get("manifests") or []:  # an index: the manifest for this image's platform
+            platform = child.get("platform") or {}
+            if platform.get("architecture") != arch or platform.get("os") != os_name or not child.get("digest"):
+                continue
+            sub = self.ecr.image_manifest(repository, digest=child["digest"]) or {}
+            if (sub.get("config") or {}).get("digest") == image.id:
+                return True
+        return False
+
+    def _adopt_existing(self, image, registry: str, repo: Repository, tag: str, existing: str,
+                        same: bool | None = None) -> TagResult:
+        """The tag already exists: fine only if it holds this image; on an immutable tag anything else is a conflict."""
         ref = f"{registry}/{repo.name}:{tag}"
-        manifest = self.ecr.image_manifest(repo.name, tag) or {}
-        config = (manifest.get("config") or {}).get("digest")
-        if config != image.id:
+        if not (self._same_image(image, repo.name, existing) if same is None else same):
             raise TagConflict(
                 f"{ref} already holds a different image ({existing}) and the repository's tags are immutable: "
                 f"give this image a new tag, or delete the old one from ECR first"
