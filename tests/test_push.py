@@ -213,6 +213,100 @@ def test_repository_created_immutable_with_scan_then_read_back(ecr):
     assert (again.created, again.immutable, again.scan_on_push) == (False, True, True)  # settings kept
 
 
+def test_existing_repository_needs_no_create_permission(moto, ecr):
+    """A typical CI push role (AmazonEC2ContainerRegistryPowerUser) may describe and push but not
+    create repositories: pushing to an existing one must work, a missing one is one clear error.
+    moto enforces the IAM policy here (auth switched on for this test only)."""
+    import json as _json
+
+    import boto3
+    import requests as _requests
+    from botocore.exceptions import ClientError
+
+    from builder.errors import BuilderError
+
+    admin = dict(region_name="us-east-1", endpoint_url=moto.endpoint, aws_access_key_id="testing",
+                 aws_secret_access_key="testing")
+    iam = boto3.client("iam", **admin)
+    user = "ci-push"
+    try:
+        iam.create_user(UserName=user)
+    except ClientError:
+        pass
+    allowed = ["ecr:DescribeRepositories", "ecr:GetAuthorizationToken", "ecr:DescribeImages", "ecr:BatchGetImage",
+               "ecr:PutImage", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload"]
+    iam.put_user_policy(UserName=user, PolicyName="push", PolicyDocument=_json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": allowed, "Resource": "*"}]}))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    boto3.client("ecr", **admin).create_repository(repositoryName="unit/existing", imageTagMutability="IMMUTABLE")
+    role = EcrApi(boto3.client("ecr", region_name="us-east-1", endpoint_url=moto.endpoint,
+                               aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"]))
+    _requests.post(f"{moto.endpoint}/moto-api/reset-auth", data=b"0", timeout=10)
+    try:
+        repo = role.ensure_repository("unit/existing", immutable=False)
+        assert (repo.created, repo.immutable, repo.tag_immutable("v1")) == (False, True, True)
+        with pytest.raises(BuilderError, match=r"does not exist and these credentials may not create it") as err:
+            role.ensure_repository("unit/not-there")
+        assert "\n" not in str(err.value)
+    finally:
+        _requests.post(f"{moto.endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
+
+
+def test_tag_mutability_with_exclusion_filters_is_left_to_the_registry(moto, ecr):
+    import boto3
+
+    client = boto3.client("ecr", region_name="us-east-1", endpoint_url=moto.endpoint)
+    client.create_repository(repositoryName="unit/excl", imageTagMutability="IMMUTABLE_WITH_EXCLUSION",
+                             imageTagMutabilityExclusionFilters=[{"filterType": "WILDCARD", "filter": "latest*"}])
+    repo = ecr.ensure_repository("unit/excl")
+    assert repo.immutable and repo.tag_mutability == "IMMUTABLE_WITH_EXCLUSION" and repo.exclusions == ("latest*",)
+    assert repo.tag_immutable("v1") is None and repo.tag_immutable("latest") is None
+    plain = ecr.ensure_repository("unit/plain-immutable")
+    assert plain.tag_immutable("latest") is True
+    assert ecr.ensure_repository("unit/plain-mutable", immutable=False).tag_immutable("v1") is False
+
+
+class _Image:
+    def __init__(self, image_id, repo_digests=(), arch="amd64"):
+        self.id = image_id
+        self.attrs = {"RepoDigests": list(repo_digests), "Architecture": arch, "Os": "linux"}
+
+
+class _Manifests:
+    """ECR's manifests by digest (the answers batch_get_image gives)."""
+
+    def __init__(self, manifests):
+        self.manifests = manifests
+
+    def image_manifest(self, repository, tag=None, *, digest=None):
+        return self.manifests.get(digest)
+
+
+def test_same_image_under_both_image_stores():
+    from builder.push import Pusher
+
+    config = "sha256:" + "c" * 64
+    index = "sha256:" + "d" * 64
+    platform_manifest = "sha256:" + "e" * 64
+    ecr = _Manifests({
+        DIGEST: {"schemaVersion": 2, "config": {"digest": config}},
+        index: {"schemaVersion": 2, "manifests": [
+            {"digest": OTHER, "platform": {"architecture": "arm64", "os": "linux"}},
+            {"digest": platform_manifest, "platform": {"architecture": "amd64", "os": "linux"}}]},
+        platform_manifest: {"schemaVersion": 2, "config": {"digest": config}},
+        OTHER: {"schemaVersion": 2, "config": {"digest": "sha256:" + "f" * 64}},
+    })
+    pusher = Pusher(ecr, docker_client=object())
+    classic = _Image(config)  # classic store: the image id is the config digest
+    assert pusher._same_image(classic, "r", DIGEST)
+    assert pusher._same_image(classic, "r", index)  # an index: its amd64 manifest has this config
+    assert not pusher._same_image(classic, "r", OTHER)
+    containerd = _Image(index)  # containerd store: the image id is the pushed index/manifest digest
+    assert pusher._same_image(containerd, "r", index)
+    assert pusher._same_image(_Image("sha256:" + "9" * 64, repo_digests=[f"x.example/r@{DIGEST}"]), "r", DIGEST)
+    assert not pusher._same_image(_Image("sha256:" + "9" * 64), "r", DIGEST)
+
+
 def test_authorization_decodes_token_and_registry(ecr):
     auth = ecr.authorization()
     assert (auth.username, auth.password) == ("AWS", MOTO_PASSWORD)

@@ -127,6 +127,8 @@ def test_push_verifies_digest_and_keeps_token_off_disk(stack, moto, engine, imag
     assert tag["digest"] == _served_digest(front, repo, "v1") == _recorded_digest(moto, repo, "v1")
     assert pushed["repositories"][0]["immutable"] and pushed["repositories"][0]["scan_on_push"]
     assert "pushing" in result.stderr  # per-layer progress
+    # The registry name was only for the push: the local engine keeps the image's own tags.
+    assert not [t for t in engine.images.get(ref).tags if t.startswith(front.address + "/")]
     assert MOTO_PASSWORD not in result.stdout + result.stderr
     assert not [p for p in home.rglob("*") if p.is_file() and MOTO_PASSWORD in p.read_text(errors="ignore")]
 
