@@ -367,6 +367,49 @@ def test_mksquashfs_failure_is_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_unreadable_file_fails_mksquashfs_instead_of_an_empty_file_and_modes_restore():
+    """As a non-root user: a file mksquashfs cannot read is one error line (never an empty file in
+    the image); the same tree opened up with its real modes in mode_fixes squashes correctly."""
+    sup.need(os.geteuid() == 0 and shutil.which("setpriv") is not None, "needs root and setpriv to act as nobody")
+    sup.need(shutil.which("mksquashfs") is not None, "mksquashfs is missing (apt-get install squashfs-tools)")
+    work = Path(tempfile.mkdtemp(prefix="builder-export-nonroot-", dir="/tmp"))
+    try:
+        work.chmod(0o777)
+        script = """
+import os, sys
+from pathlib import Path
+from builder.errors import BuilderError
+from builder.export import squash
+work = Path(sys.argv[1])
+root = work / "root"
+(root / "etc").mkdir(parents=True)
+(root / "etc/shadow").write_text("root:secret")
+os.chmod(root / "etc/shadow", 0)
+try:
+    squash.mksquashfs(str(root), str(work / "bad.sqsh"), squash.ENROOT_DEFAULT, processors=1, all_root=True,
+                      log_path=str(work / "log"))
+    print("no error")
+except BuilderError as exc:
+    print("error:", exc)
+os.chmod(root / "etc/shadow", 0o400)
+squash.mksquashfs(str(root), str(work / "ok.sqsh"), squash.ENROOT_DEFAULT, processors=1, all_root=True,
+                  log_path=str(work / "log"), mode_fixes=[("etc/shadow", 0)])
+"""
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                               script, str(work)], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("error: mksquashfs could not read the unpacked image (Failed to read file /etc/shadow")
+        assert proc.stdout.count("\n") == 1
+        listing = subprocess.run(["unsquashfs", "-lln", str(work / "ok.sqsh")], capture_output=True, text=True).stdout
+        assert any(line.startswith("---------- 0/0") and line.endswith("/etc/shadow") for line in listing.splitlines())
+        out = work / "x"
+        subprocess.run(["unsquashfs", "-q", "-n", "-d", str(out), str(work / "ok.sqsh")], check=True, capture_output=True)
+        assert (out / "etc/shadow").read_text() == "root:secret"
+    finally:
+        shutil.rmtree(work)
+
+
 def test_stale_temporaries_are_removed_but_live_and_recent_foreign_ones_kept(tmp_path):
     dest = tmp_path / "img.sqsh"
     dead = subprocess.Popen(["true"])
