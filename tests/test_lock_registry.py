@@ -87,6 +87,27 @@ def test_basic_auth_lock_render_check_and_a_moved_tag(tmp_path, engine, images, 
     assert relocked.returncode == 0 and "tag moved" in relocked.stdout and "builder render --all" in relocked.stderr
     assert run_builder("--matrix", str(matrix), "render", "--all", "--check").returncode == 1
 
+    # A lock broken by a merge: every verb says how to repair it, and 'builder lock' does.
+    good = lock_path(matrix).read_text()
+    lock_path(matrix).write_text("<<<<<<< HEAD\n" + good + "=======\n" + good + ">>>>>>> theirs\n")
+    broken = run_builder("--matrix", str(matrix), "render", "--all", "--check")
+    assert broken.returncode == 2 and "run 'builder lock' (no image names) to rewrite it" in broken.stderr
+    repaired = lock(matrix, env=env)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "not a readable lock file" in repaired.stderr and "rewriting it" in repaired.stderr
+    assert lock_path(matrix).read_text() == good
+
+    # The matrix moves the base to another tag: the lock warns until 'lock NAME' replaces the entry.
+    basic_registry.push(engine, images[0], "team/base", "2")
+    matrix.write_text(matrix.read_text().replace(base, f"{basic_registry.host}/team/base:2"))
+    stale = run_builder("--matrix", str(matrix), "validate")
+    assert f"base ngc is locked as {base} but the matrix now says {basic_registry.host}/team/base:2" in stale.stderr
+    moved = lock(matrix, "nv-efa1.35", env=env)
+    assert moved.returncode == 0, moved.stderr
+    assert f"{base}: removed from the lock" in moved.stdout
+    assert set(json.loads(lock_path(matrix).read_text())["images"]) == {f"{basic_registry.host}/team/base:2", dlc}
+    assert "warning" not in run_builder("--matrix", str(matrix), "validate").stderr
+
 
 def test_basic_auth_without_or_with_a_wrong_login_exits_4(tmp_path, engine, images, basic_registry):
     basic_registry.push(engine, images[0], "team/base", "1")
