@@ -187,6 +187,7 @@ def test_failed_plugin_initialisation_is_named_as_the_cause():
     run = parse_text(load_fixture("awsome_p4de_2node_srun.txt"), logs=load_fixture("training_on_eks_p4d_ofi_init_failed.txt"))
     v = judge(run, INSTANCES["p4de.24xlarge"], nodes=2)
     assert "aws-ofi-nccl 1.17.1 loaded but failed to initialize" in v.reasons[0]
+    assert "NET/OFI Failed to initialize sendrecv protocol" in v.reasons[0]
 
 
 def test_unknown_network_lines_are_not_called_missing_logs():

@@ -1,6 +1,7 @@
 """nccl-tests smoke checks: run them in an image, parse their output, judge it, report it.
 
-One module per stage: ``parse`` (text -> NcclRun, pure), ``instances`` (hardware table),
+One module per stage: ``parse`` (text -> NcclRun, pure), ``transport`` (NCCL log lines -> the
+network verdict, used by parse), ``instances`` (hardware table),
 ``judge`` (NcclRun + instance -> Verdict), ``report`` (JSON and text), ``plot`` (PNG),
 ``run`` (docker run of the nccl-tests binaries). ``builder.commands.nccl`` is the CLI.
 

@@ -124,7 +124,10 @@ def _transport_check(run: NcclRun, nodes: int | None, expect_efa: bool) -> Check
         why = f"NCCL used network {t.network or t.verdict}{where}, not EFA through aws-ofi-nccl"
         if t.verdict == "other":
             why += " (another net plugin was picked: check NCCL_NET_PLUGIN)"
-    evidence = f" [{t.evidence[0]}]" if t.evidence else ""
+    # The first warning of a failed plugin says why it failed; otherwise the network line says what NCCL did.
+    shown = next((e for e in t.evidence if "NCCL WARN" in e), None) if t.plugin_failed else None
+    shown = shown or (t.evidence[0] if t.evidence else None)
+    evidence = f" [{shown}]" if shown else ""
     multi = (nodes or 1) > 1
     if expect_efa or (multi and t.socket_fallback):
         return Check(
