@@ -67,12 +67,17 @@ def test_source_built_plugin_tuner_beside_it():
     assert not set(OBSOLETE_ON_NEW_STACKS) & set(env)
 
 
-@pytest.mark.parametrize("efa, ofi, nccl", [("1.15.0", "1.5.0", "2.12.12"), ("1.20.0", "1.6.0", "2.16.5"),
-                                            ("1.26.0", "1.7.3", "2.19.3"), ("1.35.0", "1.12.1", "2.22.3"),
-                                            ("1.43.2", None, "2.27.7"), ("1.47.0", None, "2.29.3")])
-def test_no_rdmav_fork_safe_in_any_era(efa, ofi, nccl):
-    # The reference: "Never RDMAV_FORK_SAFE" (libfabric/rdma-core handle fork safety themselves).
+@pytest.mark.parametrize("efa, ofi, nccl", [("1.20.0", "1.6.0", "2.16.5"), ("1.26.0", "1.7.3", "2.19.3"),
+                                            ("1.35.0", "1.12.1", "2.22.3"), ("1.43.2", None, "2.27.7"),
+                                            ("1.47.0", None, "2.29.3")])
+def test_no_rdmav_fork_safe_from_the_1_6_plugin_era_on(efa, ofi, nccl):
+    # efa-cheatsheet: not on new stacks (libfabric/rdma-core handle fork safety themselves).
     assert "RDMAV_FORK_SAFE" not in env_of(efa, ofi, nccl, "p5.48xlarge")
+
+
+def test_rdmav_fork_safe_only_where_the_old_stack_set_it():
+    # aws-ofi-nccl <= 1.5 stacks set it (seed 000's SMDDP container, seed 001's mpirun -x list).
+    assert env_of("1.15.0", "1.5.0", "2.12.12", "p4d.24xlarge")["RDMAV_FORK_SAFE"] == "1"
 
 
 @pytest.mark.parametrize(
