@@ -15,10 +15,12 @@ import json
 import shutil
 import subprocess
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PROGRAM = "builder_contract_train.py"
+CONTAINER_LABEL = "builder.smoke"
 HOST = "algo-1"
 RUN_TIMEOUT = 600
 
@@ -81,8 +83,12 @@ def prepare(root: Path, hyperparameters: dict) -> None:
 
 
 def run_job(docker: str, image: str, root: Path, region: str, timeout: float = RUN_TIMEOUT) -> tuple[int, str]:
+    """One training job. The container is named and labelled so that a timeout or Ctrl-C
+    removes it (killing the client alone would leave it running)."""
+    name = f"builder-sagemaker-{uuid.uuid4().hex[:12]}"
     argv = [
-        docker, "run", "--rm", "--network", "none", "--add-host", f"{HOST}:127.0.0.1", "--hostname", HOST,
+        docker, "run", "--rm", "--name", name, "--label", f"{CONTAINER_LABEL}=1",
+        "--network", "none", "--add-host", f"{HOST}:127.0.0.1", "--hostname", HOST,
         "-v", f"{root / 'input'}:/opt/ml/input", "-v", f"{root / 'output'}:/opt/ml/output",
         "-v", f"{root / 'model'}:/opt/ml/model", "-v", f"{root / 'code'}:/opt/ml/code",
         "-e", f"AWS_REGION={region}", "-e", "TRAINING_JOB_NAME=builder-contract-check",
@@ -94,6 +100,8 @@ def run_job(docker: str, image: str, root: Path, region: str, timeout: float = R
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         return 124, out + f"\n(timed out after {timeout:.0f}s)"
+    finally:
+        subprocess.run([docker, "rm", "-f", name], capture_output=True)  # gone already after a normal exit
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -126,7 +134,10 @@ def judge(case: str, code: int, log: str, root: Path) -> Outcome:
 def contract(docker: str, image: str, region: str = "us-west-2", keep: Path | None = None) -> list[Outcome]:
     """Both cases; each job gets a fresh /opt/ml tree (removed afterwards unless keep is given)."""
     outcomes = []
-    for case, hps in (("success", {"epochs": 2}), ("failure", {"fail": 3})):
+    # Local mode passes the program and code folder as sagemaker_* hyperparameters (the toolkit
+    # drops them from the script's arguments); the SAGEMAKER_* env below names them too.
+    names = {"sagemaker_program": PROGRAM, "sagemaker_submit_directory": "/opt/ml/code"}
+    for case, hps in (("success", {"epochs": 2, **names}), ("failure", {"fail": 3, **names})):
         root = Path(tempfile.mkdtemp(prefix=f"builder-sm-{case}-", dir=keep))
         try:
             prepare(root, hps)
@@ -143,6 +154,7 @@ def _remove(docker: str, image: str, root: Path) -> None:
     them from inside a container of the same image."""
     shutil.rmtree(root, ignore_errors=True)
     if root.exists():
-        subprocess.run([docker, "run", "--rm", "--network", "none", "-v", f"{root}:/x", "--entrypoint", "/bin/sh",
+        subprocess.run([docker, "run", "--rm", "--label", f"{CONTAINER_LABEL}=1", "--network", "none",
+                        "-v", f"{root}:/x", "--entrypoint", "/bin/sh", "--user", "0",
                         image, "-c", "rm -rf /x/* /x/.[!.]*"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)

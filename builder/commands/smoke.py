@@ -8,17 +8,20 @@ import click
 
 from builder import sagemaker_local
 from builder import smoke as sm
-from builder.buildkit import DOCKER_ENV, candidates
+from builder.buildkit import DOCKER_ENV, docker_path, engine_answers, engine_down_message
 from builder.errors import BuilderError, UsageError
+from builder.matrix import ImageSpec
 
 
-def _docker(preferred: str | None) -> str:
-    if preferred:
-        return preferred
-    found = candidates()
-    if not found:
-        raise BuilderError("no docker client on PATH")
-    return found[0]
+def sagemaker_capable(spec: ImageSpec) -> bool:
+    """The image has the SageMaker training toolkit (the `train` entry point): our stanza
+    installs it, or the base is a -sagemaker DLC, which ships it."""
+    return spec.has("sagemaker-toolkit") or (spec.base.dlc is not None and spec.base.dlc.variant == "sagemaker")
+
+
+def _looks_like_name(target: str) -> bool:
+    """A bare word (no registry, repository path, tag or digest): more likely a matrix name."""
+    return not any(c in target for c in "/:@")
 
 
 @click.command("smoke")
@@ -32,32 +35,43 @@ def smoke_cmd(state, target, image, sagemaker, as_json, docker):
     """Check a built image: every check its stanzas declared, with expected values from the
     matrix (EFA installer, NCCL version, aws-ofi-nccl plugin and its ldd, nccl-tests, torch,
     SageMaker toolkit, labels), hygiene (no apt lists, temp files, caches, build trees) and a
-    credentials scan. No GPU needed.
+    credentials scan. No GPU needed. Findings the base image already has are WARN lines.
 
     NAME is a matrix image (its first tag is checked); IMAGE is any reference, matched to its
     matrix entry through its org.opencontainers.image.title label (else only hygiene and
-    credentials are checked). --sagemaker runs the image as SageMaker local mode does.
+    credentials are checked, and a WARN line says so). --sagemaker runs the image as SageMaker
+    local mode does.
 
     Exit codes: 0 all checks passed; 1 a check failed (each failure is one line); 2 bad input.
     """
-    docker = _docker(docker)
-    try:
-        matrix = state.matrix()
-    except BuilderError:
-        if image is not None or not sm.IMAGE_RE.match(target):
-            raise
-        matrix = None  # a bare image reference needs no matrix
+    docker = docker_path(docker)
+    # A bare image needs no matrix, but only when there is none: an invalid matrix is an error,
+    # never a quiet fallback to hygiene-only checks.
+    matrix = state.matrix() if state.matrix_path.is_file() else None
     spec, ref = sm.resolve(matrix, target, image)
+    problem = engine_answers(docker)
+    if problem:
+        raise BuilderError(engine_down_message(docker, problem))
+    no_entry = None
     if spec is None:
+        if matrix is not None and _looks_like_name(target) and not sm.image_exists(docker, ref):
+            matrix.get(target)  # a mistyped NAME: exit 2 with a did-you-mean
         spec = sm.spec_from_labels(matrix, docker, ref)
+        if spec is None:
+            title = sm.title_label(docker, ref)
+            no_entry = (f"no matrix entry for {ref}"
+                        + (f" (title label '{title}' is not an image of {state.matrix_path.name})" if title and matrix
+                           else " (no matrix)" if matrix is None else " (no org.opencontainers.image.title label)")
+                        + ": the stanzas' declared checks were NOT run; only hygiene and credentials")
     if sagemaker:
         if spec is None:
             raise UsageError(f"--sagemaker needs a matrix image: {ref} has no matching entry")
-        flavor = matrix.catalog.flavors[spec.flavor]
-        if not flavor.sagemaker:
-            raise UsageError(f"{spec.name}: flavor '{spec.flavor}' does not claim SageMaker support; "
-                             "the contract applies to flavors with sagemaker: true")
+        if not sagemaker_capable(spec):
+            raise UsageError(f"{spec.name} does not claim SageMaker support: it has neither the sagemaker-toolkit "
+                             "stanza nor a -sagemaker DLC base, so it has no `train` entry point")
     report = sm.smoke(docker, ref, spec)
+    if no_entry:
+        report.results.insert(0, sm.CheckResult("matrix", "entry", {"image": ref}, True, no_entry, warn=True))
     doc = report.to_dict()
     failed = not report.ok
     if sagemaker:
@@ -79,6 +93,8 @@ def smoke_cmd(state, target, image, sagemaker, as_json, docker):
             if outcome["problems"]:
                 for line in outcome["log_tail"]:
                     click.echo(f"  | {line}")
+    if no_entry:
+        click.echo(f"warning: {no_entry}", err=True)
     if failed:
         bad = [r.line() for r in report.failures]
         for outcome in doc.get("sagemaker", []):
