@@ -9,6 +9,7 @@ can be run against it.
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import io
 import os
@@ -64,7 +65,10 @@ def efa_installer(version: str, folder: Path) -> tuple[Path, str]:
     plugin = PLUGIN.format(lib_dir=ofi.lib_dir, net_lib=ofi.net_lib, tuner_lib=ofi.tuner_lib) if ofi.bundled else ""
     script = INSTALLER.format(version=version, plugin=plugin).encode()
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.GNU_FORMAT) as tar:
+    # gzip's header carries a time stamp: mtime=0 keeps the tarball, its SHA256 and so the efa
+    # layer the same from one test session to the next (the layer stays cached).
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
         info = tarfile.TarInfo("aws-efa-installer/efa_installer.sh")
         info.size, info.mode, info.mtime = len(script), 0o755, 0
         tar.addfile(info, io.BytesIO(script))

@@ -4,7 +4,11 @@ bases the stanzas expect, and imported with ``docker import``. Nothing here is p
 - ``builder-fixture/dlc-standin``: Python, pip and the SageMaker training toolkit really
   installed from PyPI (sagemaker-training builds a C extension, so gcc is installed for the pip
   step and purged after), ``SAGEMAKER_TRAINING_MODULE`` set as in AWS's DLCs, the EFA installer
-  marker and ``nccl.h`` of the versions the test matrix says the base ships.
+  marker and ``nccl.h`` of the versions the test matrix says the base ships, a stub
+  ``libnccl.so.2`` whose ``ncclGetVersion`` reports that NCCL (compiled with the same gcc), and
+  what AWS's DLC Dockerfiles bake in: a root key pair (``ssh-keygen -f /root/.ssh/id_rsa``,
+  authorized for root) and openssh-server's host keys. Those are findings that smoke must report
+  as inherited from the base, not fail.
 - ``builder-fixture/ngc-standin``: Python and pip, the Mellanox/ibverbs packages the
   remove-conflicts stanza removes (``libmlx5-1`` is Ubuntu-only, so a dummy package stands in),
   HPC-X's ``/opt/hpcx/{ompi,nccl_rdma_sharp_plugin,ucx}`` and ``/usr/local/mpi`` with
@@ -18,6 +22,7 @@ debootstrap rootfs is cached as a tarball under ``$BUILDER_TEST_CACHE`` (default
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -27,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 DOCKER = "/usr/bin/docker"
-RECIPE_REVISION = "4"  # bump when a recipe below changes
+RECIPE_REVISION = "5"  # bump when a recipe below changes
 SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-pip", "python-is-python3", "ca-certificates")
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -171,6 +176,32 @@ def standin_torch(box: "Chroot", version: str, nccl: str | None) -> None:
     box.write(f"{site}/cuda/nccl.py", f"def version():\n    return {release!r}\n")
 
 
+def fixture_key(kind: str) -> str:
+    """A PEM-shaped private key block: what the credentials scan looks for. Not a usable key."""
+    body = base64.b64encode(f"stand-in {kind} key (test fixture), not a real key".encode()).decode()
+    return f"-----BEGIN {kind} PRIVATE KEY-----\n{body}\n-----END {kind} PRIVATE KEY-----\n"
+
+
+def bake_dlc_keys(box: "Chroot") -> None:
+    """The key layout of AWS's PyTorch training DLCs: root's own pair, authorized for root, and
+    the host keys installing openssh-server generates."""
+    box.write("/root/.ssh/id_rsa", fixture_key("RSA"), 0o600)
+    box.write("/root/.ssh/id_rsa.pub", "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABstandin root@dlc-standin\n")
+    box.write("/root/.ssh/authorized_keys", "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABstandin root@dlc-standin\n", 0o600)
+    for kind, algo in (("rsa", "RSA"), ("ed25519", "OPENSSH")):
+        box.write(f"/etc/ssh/ssh_host_{kind}_key", fixture_key(algo), 0o600)
+        box.write(f"/etc/ssh/ssh_host_{kind}_key.pub", f"ssh-{kind} AAAAstandin root@dlc-standin\n")
+
+
+def stub_libnccl(version: str) -> str:
+    """Shell that builds /usr/local/lib/libnccl.so.2 answering ncclGetVersion with version."""
+    major, minor, patch = (int(p) for p in (version.split("-")[0].split(".") + ["0", "0"])[:3])
+    code = major * 10000 + minor * 100 + patch
+    return (f"printf 'int ncclGetVersion(int *v) {{ *v = {code}; return 0; }}\\n' > /tmp/nccl.c"
+            f" && gcc -shared -fPIC -Wl,-soname,libnccl.so.2 -o /usr/local/lib/libnccl.so.{major}.{minor}.{patch} /tmp/nccl.c"
+            f" && ln -s libnccl.so.{major}.{minor}.{patch} /usr/local/lib/libnccl.so.2 && rm /tmp/nccl.c && ldconfig")
+
+
 def dlc_standin(ships: dict, pytorch: str | None = None) -> str:
     """DLC-like image with the real SageMaker toolkit from PyPI; returns its reference."""
     ships = {**ships, **({"pytorch": pytorch} if pytorch else {})}
@@ -183,7 +214,8 @@ def dlc_standin(ships: dict, pytorch: str | None = None) -> str:
                " && apt-get install -y -qq --no-install-recommends gcc libc6-dev python3-dev >/dev/null"
                f" && pip install -q --no-cache-dir sagemaker-training=={SAGEMAKER_TRAINING}"
                f" sagemaker-pytorch-training=={SAGEMAKER_PYTORCH_TRAINING}"
-               " && apt-get purge -y -qq --auto-remove gcc libc6-dev python3-dev >/dev/null"
+               + (f" && {stub_libnccl(ships['nccl'])}" if "nccl" in ships else "")
+               + " && apt-get purge -y -qq --auto-remove gcc libc6-dev python3-dev >/dev/null"
                " && rm -rf /var/lib/apt/lists/* /root/.cache")
         if "efa" in ships:
             box.write("/opt/amazon/efa_installed_packages", efa_marker(ships["efa"]))
@@ -191,6 +223,7 @@ def dlc_standin(ships: dict, pytorch: str | None = None) -> str:
             standin_torch(box, ships["pytorch"], ships.get("nccl"))
         if "nccl" in ships:
             box.write("/usr/include/nccl.h", nccl_header(ships["nccl"]))
+        bake_dlc_keys(box)
         box.import_as(ref, [f"ENV PATH={PATH_ENV}",
                             "ENV SAGEMAKER_TRAINING_MODULE=sagemaker_pytorch_container.training:main",
                             'CMD ["/bin/bash"]'])

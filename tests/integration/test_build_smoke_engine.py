@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -18,6 +19,8 @@ import time
 import pytest
 
 import standins
+
+from builder import components as comp
 
 pytestmark = pytest.mark.integration
 
@@ -85,26 +88,40 @@ def test_smoke_nvidia_passes(build_project, nvidia_built):
 
 
 def test_planted_key_and_apt_list_fail_smoke(build_project, nvidia_built, tmp_path):
+    """Things the image adds (not its base): a key in /workspace (and so in the history of the
+    RUN that wrote it), an AWS credentials file under /home, a leftover apt list, and an
+    aws-ofi-nccl plugin whose dependency is gone (ldd must name it)."""
     planted = "builder-itest/planted:key-and-apt-list"
+    net_lib = comp.ofi_plugin("1.47.0").net_lib
     dockerfile = (f"FROM {NVIDIA}\n"
-                  "RUN printf -- '-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAA\\n"
-                  "-----END OPENSSH PRIVATE KEY-----\\n' > /opt/deploy_key \\\n"
-                  " && echo 'Package: x' > /var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages\n")
+                  "RUN mkdir -p /workspace /home/ubuntu/.aws \\\n"
+                  " && printf -- '-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAA\\n"
+                  "-----END OPENSSH PRIVATE KEY-----\\n' > /workspace/deploy_key \\\n"
+                  " && printf '[default]\\naws_access_key_id = x\\n' > /home/ubuntu/.aws/credentials \\\n"
+                  " && echo 'Package: x' > /var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages \\\n"
+                  f" && cp /usr/lib/x86_64-linux-gnu/libssl.so.3 {net_lib} && rm /usr/lib/x86_64-linux-gnu/libcrypto.so.3\n")
     subprocess.run([DOCKER, "build", "-q", "--network", "host", "-t", planted, "-"], input=dockerfile, text=True,
                    check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    planted_findings = {
+        ("credentials", "private-key", "/workspace/deploy_key"),
+        ("credentials", "credential-file", "/home/ubuntu/.aws/credentials"),
+        ("credentials", "history", None),
+        ("hygiene", "apt-lists", "/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages"),
+    }
     try:
-        for args in (("smoke", "itest-nvidia", "--image", planted, "--json"), ("smoke", planted, "--json")):
+        for args, expected in ((("smoke", "itest-nvidia", "--image", planted, "--json"), planted_findings | {("efa", "ldd", net_lib)}),
+                               (("smoke", planted, "--json"), planted_findings | {("efa", "ldd", net_lib)})):
             proc = build_project.cli(*args)
             assert proc.returncode == 1, proc.stderr
             doc = json.loads(proc.stdout)
             failed = {(c["stanza"], c["kind"], c["args"].get("path")) for c in doc["checks"] if not c["ok"]}
-            assert failed == {
-                ("credentials", "private-key", "/opt/deploy_key"),
-                ("hygiene", "apt-lists", "/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages"),
-            }, failed
+            assert failed == expected, failed
+            ldd = next(c for c in doc["checks"] if c["kind"] == "ldd" and not c["ok"])
+            assert "libcrypto.so.3" in ldd["detail"]
+            assert not [c for c in doc["checks"] if c["warn"] and c["stanza"] in ("hygiene", "credentials")]
         text = build_project.cli("smoke", planted)
         assert text.returncode == 1
-        assert "FAIL credentials: private-key(path=/opt/deploy_key)" in text.stdout
+        assert "FAIL credentials: private-key(path=/workspace/deploy_key)" in text.stdout
         assert "error:" in text.stderr and "Traceback" not in text.stderr
     finally:
         untag(planted)
@@ -148,8 +165,56 @@ def test_dlc_end_to_end_with_sagemaker_contract(build_project, tmp_path):
     assert outcomes["failure"]["exit_code"] != 0 and outcomes["failure"]["failure_file"] is not None
     kinds = {(c["stanza"], c["kind"]) for c in doc["checks"]}
     assert ("sagemaker-code", "env") in kinds and ("pip-requirements", "python") in kinds
+    # The base's baked root key pair and host keys (as in AWS's DLCs) are inherited: WARN, not FAIL.
+    warned = {c["args"].get("path") for c in doc["checks"] if c["warn"] and c["stanza"] == "credentials"}
+    assert {"/root/.ssh/id_rsa", "/etc/ssh/ssh_host_rsa_key", "/etc/ssh/ssh_host_ed25519_key"} <= warned, warned
+    assert all("inherited from base builder-fixture/dlc-standin:" in c["detail"] for c in doc["checks"] if c["warn"])
+    # ncclGetVersion through ctypes on the stand-in's libnccl.so.2, and the NCCL torch reports.
+    nccl = next(c for c in doc["checks"] if c["kind"] == "nccl_version")
+    assert "2.22.3 via ncclGetVersion (/usr/local/lib/libnccl.so.2.22.3)" in nccl["detail"], nccl
+    assert "torch.cuda.nccl 2.22.3" in nccl["detail"]
+    text = build_project.cli("smoke", "itest-dlc")
+    assert text.returncode == 0 and "WARN credentials: private-key(path=/root/.ssh/id_rsa)" in text.stdout
 
 
-def test_sagemaker_refused_for_nvidia_flavor(build_project, nvidia_built):
+def test_base_not_in_engine_judges_everything(build_project, tmp_path):
+    """When the base cannot be compared, one line says so and the inherited keys fail."""
+    if not tagged(DLC):
+        built = build_project.cli("build", "itest-dlc", "--network", "host")
+        assert built.returncode == 0, built.stderr
+    orphan = "builder-itest/orphan:no-base"
+    dockerfile = f"FROM {DLC}\nLABEL org.opencontainers.image.base.name=builder-fixture/not-in-the-engine:0\n"
+    subprocess.run([DOCKER, "build", "-q", "-t", orphan, "-"], input=dockerfile, text=True, check=True,
+                   capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    try:
+        proc = build_project.cli("smoke", orphan, "--json")
+        assert proc.returncode == 1, proc.stderr
+        doc = json.loads(proc.stdout)
+        failed = {c["args"].get("path") for c in doc["checks"] if not c["ok"] and c["stanza"] == "credentials"}
+        assert "/root/.ssh/id_rsa" in failed
+        notes = [c for c in doc["checks"] if c["stanza"] == "base" and c["warn"]]
+        assert len(notes) == 1 and "not in the engine" in notes[0]["detail"]
+    finally:
+        untag(orphan)
+
+
+def test_size_gate_lists_largest_layers(build_project, nvidia_built, tmp_path):
+    """Exit 3 over the baseline, with the largest layers and their stanzas (stderr and report).
+    A copy of the project with a tiny baseline: the Dockerfile is the same, so all is cached."""
+    copy = tmp_path / "project"
+    shutil.copytree(build_project.root, copy, ignore=shutil.ignore_patterns("report*.json"))
+    matrix = copy / "matrix.yaml"
+    matrix.write_text(matrix.read_text().replace('size_baseline: "2GB"', 'size_baseline: "1MB"'))
+    proc = subprocess.run([*build_project.cli_argv()[:-2], "--matrix", str(matrix), "build", "itest-nvidia",
+                           "--network", "host", "--report", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, env=build_project.cli_env(), timeout=1500)
+    assert proc.returncode == 3, proc.stderr
+    assert "over its baseline" in proc.stderr and "largest stanzas: " in proc.stderr
+    gate = json.loads((tmp_path / "r.json").read_text())["images"][0]["size_gate"]
+    assert not gate["ok"] and gate["largest_layers"] and gate["largest_layers"][0]["stanza"] != "unknown"
+    assert {s["stanza"] for s in gate["largest_stanzas"]} & {"build-tools", "efa", "openssh"}
+
+
+def test_sagemaker_refused_without_toolkit(build_project, nvidia_built):
     proc = build_project.cli("smoke", "itest-nvidia", "--sagemaker")
     assert proc.returncode == 2 and "does not claim SageMaker support" in proc.stderr
