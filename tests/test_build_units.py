@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -226,7 +227,9 @@ if args[0] == "build":
         f.write("build\n")
     iid = args[args.index("--iidfile") + 1]
     if os.environ.get("FAKE_BUILD") == "sleep":
-        signal.signal(signal.SIGINT, lambda *a: (open(os.path.join(state, "got-sigint"), "w").close(), sys.exit(130)))
+        mark = os.path.join(state, "got-sigint-%d" % os.getpid())
+        signal.signal(signal.SIGINT, lambda *a: (open(mark, "w").close(), sys.exit(130)))
+        open(os.path.join(state, "started-%d" % os.getpid()), "w").close()
         print("#5 [1/2] FROM example/base:1", flush=True)
         time.sleep(30)
         sys.exit(0)
@@ -290,20 +293,25 @@ def test_tags_all_or_none(fake_docker, tmp_path, monkeypatch, bundled_matrix):
     assert tags == {"tag-" + first.replace("/", "_").replace(":", "_"): "sha256:old"}
 
 
-def test_sigterm_stops_builds_like_ctrl_c(fake_docker, tmp_path, monkeypatch, bundled_matrix):
+def test_sigterm_stops_parallel_builds_like_ctrl_c(fake_docker, tmp_path, monkeypatch, bundled_matrix):
+    """-j 2, then SIGTERM (how CI cancels): both build clients are told to cancel, nothing is tagged."""
     client, state = fake_docker
     monkeypatch.setenv("FAKE_BUILD", "sleep")
-    spec = bundled_matrix.images[0]
-    builder = b.Builder(client, b.BuildOptions(), tmp_path, _Quiet([spec.name]))
-    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        with pytest.raises(b.Interrupted) as stop:
-            builder.run(_plans(tmp_path, client, spec, tmp_path))
-    finally:
-        timer.cancel()
-    assert [r.status for r in stop.value.results] == ["interrupted"]
-    assert (state / "got-sigint").exists()  # the build client was told to cancel
+    specs = bundled_matrix.images[:2]
+    plans = [p for spec in specs for p in _plans(tmp_path, client, spec, tmp_path)]
+    builder = b.Builder(client, b.BuildOptions(jobs=2), tmp_path, _Quiet([s.name for s in specs]))
+    def cancel_when_both_run():
+        for _ in range(600):
+            if len(list(state.glob("started-*"))) == 2:
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=cancel_when_both_run, daemon=True).start()
+    with pytest.raises(b.Interrupted) as stop:
+        builder.run(plans)
+    assert [r.status for r in stop.value.results] == ["interrupted", "interrupted"]
+    assert len(list(state.glob("got-sigint-*"))) == 2  # each build client was told to cancel
     assert not list(state.glob("tag-*"))
     assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
 

@@ -8,7 +8,7 @@ import click
 
 from builder import build as b
 from builder import build_report as rep
-from builder.buildkit import DOCKER_ENV, find_client
+from builder.buildkit import DOCKER_ENV, engine_answers, engine_down_message, find_client
 from builder.errors import BuilderError
 
 
@@ -65,6 +65,9 @@ def build_cmd(state, names, all_, docker, network, cache_from, cache_to, buildx_
                        for p in plans]
             rep.write_report(report, planned, client.describe(), dry_run=True)
         return
+    problem = engine_answers(client)
+    if problem:  # before a log folder is made for nothing
+        raise BuilderError(engine_down_message(client.docker, problem))
     log_dir = b.prepare_log_dir(log_dir)
     click.echo(f"building {len(specs)} image(s) with {client.describe()}, {jobs} at a time; logs in {log_dir}", err=True)
     try:
