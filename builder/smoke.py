@@ -157,12 +157,6 @@ rc=$?
 printf '%s\n' """ + END + r"""
 """
 
-# Whether each path exists in the base image: "present<TAB>path" lines, then the end marker.
-EXISTS_SCRIPT = r"""
-for p in "$@"; do if [ -e "$p" ] || [ -L "$p" ]; then printf 'present\t%s\n' "$p"; fi; done
-printf '%s\n' """ + END + r"""
-"""
-
 
 @dataclass
 class CheckResult:
@@ -538,26 +532,27 @@ class Smoker:
         inherited = {i for i, f in enumerate(findings)
                      if (f.env_entry is not None and f.env_entry in base_env)
                      or (f.history_step is not None and f.history_step < base_steps)}
-        paths = sorted({f.path for f in findings if f.path})
-        if not paths:
+        if not any(f.path for f in findings):
             return inherited, ""
+        # In the base: the same hygiene scan (a leftover is inherited when the base has the same
+        # one), and the checksums of the files holding credentials (inherited only with the very
+        # content of the base's copy: a new key written over the base's is the image's own).
+        credential_paths = sorted({f.path for f in findings if f.section == "credentials" and f.path})
         try:
             with Container(self.docker, base, purpose="smoke-base") as bbox:
-                present = bbox.script(EXISTS_SCRIPT, *paths)
-                credential_paths = sorted({f.path for f in findings if f.section == "credentials" and f.path})
+                hygiene = bbox.script(HYGIENE_SCRIPT) if any(f.section == "hygiene" for f in findings) else Scan([])
                 sums = bbox.checksums(credential_paths) if credential_paths else {}
         except BuilderError as exc:
             return inherited, f"cannot compare with base {base}: {exc}; every file finding is judged as the image's own"
-        if present.error:
-            return inherited, (f"cannot compare with base {base}: the scan failed ({present.error}); "
-                               "every file finding is judged as the image's own")
-        in_base = {path for kind, path in present.lines if kind == "present"}
+        base_leftovers = set(scan_findings(hygiene))
         for i, f in enumerate(findings):
-            if f.path is None or f.path not in in_base:
-                continue
-            # A credential counts as inherited only with the very same content as the base's copy.
-            if f.section == "hygiene" or (f.checksum is not None and sums.get(f.path) == f.checksum):
+            if f.section == "hygiene" and (f.kind, f.path) in base_leftovers:
                 inherited.add(i)
+            elif f.section == "credentials" and f.path and f.checksum is not None and sums.get(f.path) == f.checksum:
+                inherited.add(i)
+        if hygiene.error:
+            return inherited, (f"the hygiene scan of base {base} failed ({hygiene.error}): every leftover is judged "
+                               "as the image's own")
         return inherited, ""
 
     @staticmethod

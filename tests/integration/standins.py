@@ -13,7 +13,8 @@ bases the stanzas expect, and imported with ``docker import``. Nothing here is p
   remove-conflicts stanza removes (``libmlx5-1`` is Ubuntu-only, so a dummy package stands in),
   HPC-X's ``/opt/hpcx/{ompi,nccl_rdma_sharp_plugin,ucx}`` and ``/usr/local/mpi`` with
   ``OPAL_PREFIX`` set as NGC does, a stand-in ``torch`` module reporting the shipped version,
-  and ``nccl.h``.
+  ``nccl.h``, and a PyTorch source tree under ``/opt/pytorch`` (a ``.git`` and a CMake build
+  folder, as NGC ships): leftovers that smoke must report as inherited from the base.
 
 Each image is tagged with a hash of its recipe and inputs, so a second run reuses it; the
 debootstrap rootfs is cached as a tarball under ``$BUILDER_TEST_CACHE`` (default
@@ -40,6 +41,7 @@ SAGEMAKER_TRAINING = "4.8.1"
 SAGEMAKER_PYTORCH_TRAINING = "2.8.1"
 IBVERBS_PACKAGES = ("libibverbs1", "ibverbs-utils", "libibverbs-dev")
 PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NGC_RECIPE = "opt-pytorch-tree"  # changes the NGC stand-in's tag alone (RECIPE_REVISION rebuilds both)
 
 
 def cache_dir() -> Path:
@@ -246,7 +248,7 @@ def _dummy_deb(name: str, out: Path) -> Path:
 
 def ngc_standin(ships: dict) -> str:
     """NGC-like image: what the nvidia flavor's stanzas remove, replace or read."""
-    ref = f"builder-fixture/ngc-standin:{_key('ngc', json.dumps(ships, sort_keys=True))}"
+    ref = f"builder-fixture/ngc-standin:{_key('ngc', NGC_RECIPE, json.dumps(ships, sort_keys=True))}"
     if image_exists(ref):
         return ref
     with Chroot() as box:
@@ -266,6 +268,8 @@ def ngc_standin(ships: dict) -> str:
             standin_torch(box, ships["pytorch"], ships.get("nccl"))
         if "nccl" in ships:
             box.write("/usr/include/nccl.h", nccl_header(ships["nccl"]))
+        box.write("/opt/pytorch/pytorch/.git/HEAD", "ref: refs/heads/main\n")
+        box.write("/opt/pytorch/pytorch/build/CMakeCache.txt", "# stand-in NGC build tree (test fixture)\n")
         box.import_as(ref, [f"ENV PATH=/usr/local/mpi/bin:{PATH_ENV}", "ENV OPAL_PREFIX=/opt/hpcx/ompi",
                             'CMD ["/bin/bash"]'])
     return ref
