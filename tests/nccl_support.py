@@ -86,37 +86,3 @@ def stand_in_image(client: str, results: str, log: str) -> str:
     if proc.returncode != 0:
         pytest.fail(f"docker import failed: {proc.stderr.decode()[:300]}")
     return tag
-
-
-class PlainRegistry:
-    """Debian's docker-registry on 127.0.0.1 without auth (the engine trusts loopback registries),
-    for `nccl run` pulling a registry reference that is not in the local engine."""
-
-    def __init__(self, workdir: Path):
-        from push_support import free_port
-
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.yml").write_text(
-            "version: 0.1\nlog:\n  level: warn\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'data'}\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
-        )
-
-    def start(self) -> "PlainRegistry":
-        from push_support import wait_for_port
-
-        if not shutil.which("docker-registry"):
-            unavailable("docker-registry missing (Debian package docker-registry)")
-        with open(self.workdir / "registry.log", "ab") as log:
-            self.proc = subprocess.Popen(["docker-registry", "serve", str(self.workdir / "config.yml")],
-                                         stdout=log, stderr=log)
-        wait_for_port(self.port)
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)

@@ -145,18 +145,21 @@ class Registry:
     """Debian's docker-registry (distribution 2.8) with filesystem storage and htpasswd auth.
     stop() kills it (a crash, not a drain); start() brings it back on the same port and storage."""
 
-    def __init__(self, workdir: Path, password: str = MOTO_PASSWORD, username: str = "AWS"):
+    def __init__(self, workdir: Path, password: str | None = MOTO_PASSWORD, username: str = "AWS"):
+        """password=None: no auth (the engine trusts loopback registries without a login)."""
         self.workdir = workdir
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "htpasswd").write_text(f"{username}:{bcrypt_hash(password)}\n")
+        auth = ""
+        if password is not None:
+            (workdir / "htpasswd").write_text(f"{username}:{bcrypt_hash(password)}\n")
+            auth = f"auth:\n  htpasswd:\n    realm: builder-test\n    path: {workdir / 'htpasswd'}\n"
         (workdir / "config.yml").write_text(
             "version: 0.1\n"
             "log:\n  level: warn\n"
             f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
-            f"auth:\n  htpasswd:\n    realm: builder-test\n    path: {workdir / 'htpasswd'}\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth
         )
 
     def start(self) -> "Registry":

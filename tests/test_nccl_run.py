@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from nccl_support import docker, load_fixture, stand_in_image
+from nccl_support import docker, load_fixture, stand_in_image, unavailable
 
 from builder.nccl.instances import INSTANCES
 from builder.nccl.parse import split_prefix
@@ -68,9 +68,11 @@ def test_unknown_local_image_is_a_usage_error_and_never_pulled(image, tmp_path):
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    from nccl_support import PlainRegistry
+    from push_support import Registry
 
-    reg = PlainRegistry(tmp_path_factory.mktemp("registry")).start()
+    if not shutil.which("docker-registry"):
+        unavailable("docker-registry missing (Debian package docker-registry)")
+    reg = Registry(tmp_path_factory.mktemp("registry"), password=None).start()  # no auth: a plain pull
     yield reg
     reg.stop()
 
