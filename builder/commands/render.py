@@ -64,12 +64,14 @@ def render_cmd(state, names, all_, out_dir, check, to_stdout, sets, with_, witho
     root = out_dir.parent if out_dir else state.root
     target = (lambda s: out_dir / s.name / "Dockerfile") if out_dir else (lambda s: dockerfile_path(state.root, s))
     stale: list[str] = []
+    written = 0
     for spec in specs:
         text = renderer.render(spec).dockerfile
         path = target(spec)
         current = path.read_text(encoding="utf-8") if path.is_file() else None
         if current == text:
             continue
+        written += 1
         if check:
             stale.append(f"{path.relative_to(root) if path.is_relative_to(root) else path}: "
                          + ("missing" if current is None else _first_difference(current, text)))
@@ -93,6 +95,10 @@ def render_cmd(state, names, all_, out_dir, check, to_stdout, sets, with_, witho
             raise BuilderError("images/ is stale; run 'builder render --all' and commit the result:\n"
                                + "\n".join(f"  {line}" for line in stale))
         click.echo(f"{len(specs)} Dockerfiles up to date", err=True)
+    else:
+        folder = out_dir if out_dir else state.root / "images"
+        click.echo(f"{len(specs)} images valid; {written} Dockerfiles written, {len(specs) - written} unchanged in {folder}",
+                   err=True)
 
 
 def _first_difference(old: str, new: str) -> str:
