@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import signal
 import sys
 from pathlib import Path
 
@@ -100,7 +101,14 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # SIGTERM (CI cancelling a job, a scheduler's timeout) takes the same path as Ctrl-C in every
+    # verb: builds are stopped and nothing is tagged, temporaries and containers are removed.
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         cli.main(prog_name="builder")
     except BuilderError as exc:  # errors raised outside a verb (e.g. while parsing options)

@@ -251,7 +251,7 @@ class Matrix:
             return list(self.images)
         if not names:
             raise UsageError("name at least one image, or pass --all; see 'builder list'")
-        return [self.get(n) for n in names]
+        return [self.get(n) for n in dict.fromkeys(names)]  # a name given twice is one image
 
     def customize(
         self,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -130,3 +133,28 @@ def test_validate_reports_warnings(write_matrix):
     result = CliRunner().invoke(cli, ["--matrix", str(write_matrix(dump(matrix(entry)))), "validate"])
     assert result.exit_code == 0
     assert "warning:" in result.output and "1.12.1 or newer is recommended" in result.output
+
+
+def test_sigterm_is_an_interrupt_in_every_verb(repo_root):
+    """CI cancelling a job sends SIGTERM: exit 130 with one line, like Ctrl-C (here a verb waiting on stdin)."""
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "--matrix", str(repo_root / "matrix.yaml"),
+                             "nccl", "parse", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    # Wait until the process catches SIGTERM (SigCgt in /proc), then send it.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+        if caught & (1 << (signal.SIGTERM - 1)):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err.strip() == "interrupted", (proc.returncode, err)
+
+
+def test_a_name_given_twice_selects_one_image(repo_root):
+    from builder.matrix import load_matrix
+
+    m = load_matrix(repo_root / "matrix.yaml")
+    assert [s.name for s in m.select(["dlc-pt2.8.0-ec2", "dlc-pt2.8.0-ec2"])] == ["dlc-pt2.8.0-ec2"]
