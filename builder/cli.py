@@ -43,11 +43,12 @@ class State:
         """The project root: the folder holding matrix.yaml (build context, images/)."""
         return self.matrix_path.resolve().parent
 
-    def matrix(self):
-        if self._matrix is None:
+    def matrix(self, pin: bool = True):
+        """The matrix, bases pinned by its lock file unless ``pin`` is False (`builder lock`)."""
+        if self._matrix is None or self._matrix.pinned != pin:
             from builder.matrix import load_matrix
 
-            self._matrix = load_matrix(self.matrix_path)
+            self._matrix = load_matrix(self.matrix_path, pin=pin)
             for warning in self._matrix.warnings:
                 click.echo(f"warning: {warning}", err=True)
         return self._matrix

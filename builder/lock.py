@@ -22,12 +22,10 @@ an index once to record its platforms.
 from __future__ import annotations
 
 import base64
-import contextvars
 import hashlib
 import json
 import os
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -494,38 +492,14 @@ def lock_text(entries: Mapping[str, LockEntry]) -> str:
 
 # --- pinning specs (called by builder.matrix.load_matrix) ---------------------------------------------
 
-# Set while `builder lock` loads the matrix: it wants the bases as the matrix writes them (and
-# must be able to rewrite a broken lock), so the lock file is not read then.
-_LOCK_IGNORED: contextvars.ContextVar[bool] = contextvars.ContextVar("builder_lock_ignored", default=False)
-
-
-@contextmanager
-def lock_ignored():
-    token = _LOCK_IGNORED.set(True)
-    try:
-        yield
-    finally:
-        _LOCK_IGNORED.reset(token)
-
-
-def pin_specs(matrix_path: Path, specs: Sequence, problems: list | None = None):
-    """The specs with each locked base image pinned to tag@digest; unchanged without a lock file.
-
-    With ``problems`` (all of the matrix's specs), a lock out of step with the matrix is added
-    there as warnings: a base with no entry for its exact image renders unpinned, and an entry
-    no base uses is dead; neither may pass in silence."""
-    if _LOCK_IGNORED.get():
-        return list(specs)
-    path = lock_path(matrix_path)
-    entries = read_lock(path)
+def pin_specs(matrix_path: Path, specs: Sequence) -> tuple[list, list[str]]:
+    """The specs with each locked base image pinned to tag@digest (unchanged without a lock file),
+    and what the lock does not cover (``lock_gaps``): a base with no entry for its exact image
+    renders unpinned, and an entry no base uses is dead; neither may pass in silence."""
+    entries = read_lock(lock_path(matrix_path))
     if entries is None:
-        return list(specs)
-    if problems is not None:
-        from builder.matrix import Problem
-
-        file = path.name if path.parent.resolve() == Path.cwd().resolve() else str(path)
-        problems.extend(Problem(file, 0, None, None, message, "warning") for message in lock_gaps(specs, entries))
-    return [pin(spec, entries) for spec in specs]
+        return list(specs), []
+    return [pin(spec, entries) for spec in specs], lock_gaps(specs, entries)
 
 
 def lock_gaps(specs: Sequence, entries: Mapping[str, LockEntry]) -> list[str]:

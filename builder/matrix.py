@@ -230,6 +230,7 @@ class Matrix:
     catalog: Catalog
     _drafts: Mapping[str, "_Draft"] = field(repr=False, compare=False, default_factory=dict)
     _context: "_Context | None" = field(repr=False, compare=False, default=None)
+    pinned: bool = True  # bases pinned by matrix.lock.json (False: as the matrix writes them)
 
     def names(self) -> list[str]:
         return [i.name for i in self.images]
@@ -287,9 +288,11 @@ class Matrix:
         errors = [p for p in problems if p.severity == "error"]
         if errors or spec is None:
             raise MatrixError(errors or [Problem(str(self.path), draft.line, name, None, "invalid override")])
+        if not self.pinned:
+            return spec
         from builder.lock import pin_specs
 
-        return pin_specs(self.path, [spec])[0]
+        return pin_specs(self.path, [spec])[0][0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -323,11 +326,19 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def load_matrix(path: Path | str, catalog: Catalog | None = None) -> Matrix:
-    """Load, expand and validate a matrix file; raise MatrixError with every problem found."""
+def _shown(path: Path) -> str:
+    """How messages name a file: bare when it is in the working directory."""
+    return path.name if path.parent.resolve() == Path.cwd().resolve() else str(path)
+
+
+def load_matrix(path: Path | str, catalog: Catalog | None = None, pin: bool = True) -> Matrix:
+    """Load, expand and validate a matrix file; raise MatrixError with every problem found.
+
+    With ``pin`` (the default), bases locked in matrix.lock.json are pinned by digest and every
+    gap between the lock and the matrix is a warning; `builder lock` loads with pin=False."""
     path = Path(path)
     data = load_yaml(path)
-    file = path.name if path.parent.resolve() == Path.cwd().resolve() else str(path)
+    file = _shown(path)
     catalog = catalog or load_catalog()
     problems: list[Problem] = []
 
@@ -383,16 +394,19 @@ def load_matrix(path: Path | str, catalog: Catalog | None = None) -> Matrix:
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise MatrixError(errors)
-    from builder.lock import pin_specs  # matrix.lock.json, when present, pins bases by digest
+    if pin:
+        from builder.lock import lock_path, pin_specs
 
-    pinned = pin_specs(path, specs, problems)  # adds a warning for each gap between lock and matrix
+        specs, gaps = pin_specs(path, specs)
+        problems += [Problem(_shown(lock_path(path)), 0, None, None, gap, "warning") for gap in gaps]
     return Matrix(
         path=path,
-        images=tuple(pinned),
+        images=tuple(specs),
         warnings=tuple(p for p in problems if p.severity == "warning"),
         catalog=catalog,
         _drafts=by_name,
         _context=ctx,
+        pinned=pin,
     )
 
 

@@ -52,8 +52,7 @@ def lock_cmd(state, names, check_only, as_json, ecr_hosts, region, endpoint_url,
             raise
         click.echo(f"warning: {exc}; rewriting it", err=True)
         entries = None
-    with locking.lock_ignored():  # the bases as the matrix writes them, whatever the lock says
-        matrix = state.matrix()
+    matrix = state.matrix(pin=False)  # the bases as the matrix writes them, whatever the lock says
     specs = matrix.select(names, all_=not names)
     refs = locking.bases_in_use(specs, entries)
     warn = (lambda line: click.echo(f"warning: {line}", err=True))
