@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from builder import components as comp
 from builder import facts
 from builder.errors import BuilderError, UsageError
+from builder.matrix import NCCL_VERSION_RE, VERSION_RE
 
 # nccl-tests binaries (<name>_perf) a user may ask for; all_reduce is the one judged by default.
 TESTS = ("all_reduce", "all_gather", "reduce_scatter", "alltoall", "sendrecv", "broadcast", "reduce")
@@ -68,8 +69,6 @@ OUTPUT_RE = re.compile(r"^[A-Za-z0-9._/%+-]+$")
 ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 ENV_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:/=^+@%-]*$")
 IMAGE_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}")  # matrix name or image reference
-VERSION_RE = re.compile(r"\d+(?:\.\d+)+")  # efa, aws-ofi-nccl: 1.47.0, 1.16.3
-NCCL_VERSION_RE = re.compile(r"\d+(?:\.\d+)+(?:-\d+)?")  # 2.29.3, 2.19.3-1
 TESTS_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")
 
 
@@ -100,8 +99,8 @@ class Versions:
         return cls(efa, versions.get("aws_ofi_nccl"), versions.get("nccl"), versions.get("nccl_tests"))
 
     def check(self) -> None:
-        # Strict digits-and-dots: packaging.Version would also take ' 1.30.0\n', and these values
-        # are written into the script's comments.
+        # The matrix's own patterns, matched whole: packaging.Version would also take ' 1.30.0\n',
+        # and these values are written into the script's comments.
         for name, value, pattern in (("efa", self.efa, VERSION_RE), ("aws_ofi_nccl", self.aws_ofi_nccl, VERSION_RE),
                                      ("nccl", self.nccl, NCCL_VERSION_RE),
                                      ("nccl_tests", self.nccl_tests, TESTS_VERSION_RE)):
@@ -109,11 +108,6 @@ class Versions:
                 continue
             if not isinstance(value, str) or not pattern.fullmatch(value):
                 raise UsageError(f"{name} version {value!r} is not a version (digits and dots, e.g. 1.47.0)")
-            try:
-                if pattern is not TESTS_VERSION_RE:
-                    Version(comp.nccl_base(value) if name == "nccl" else value)
-            except InvalidVersion:
-                raise UsageError(f"{name} version {value!r} is not a version (e.g. 1.47.0)") from None
 
     @property
     def bundled(self) -> bool:
