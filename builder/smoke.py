@@ -27,6 +27,7 @@ from packaging.version import InvalidVersion, Version
 
 from builder import components as comp
 from builder.errors import BuilderError, UsageError
+from builder.labels import image_title, spec_for_labels
 from builder.matrix import IMAGE_RE, ImageSpec
 from builder.render import Check, Renderer
 
@@ -733,13 +734,11 @@ def resolve(matrix, arg: str, image: str | None = None) -> tuple[ImageSpec | Non
 
 
 def title_label(docker: str, ref: str) -> str | None:
-    config = image_config(docker, ref)
-    return ((config or {}).get("Labels") or {}).get("org.opencontainers.image.title")
+    return image_title((image_config(docker, ref) or {}).get("Labels"))
 
 
 def spec_from_labels(matrix, docker: str, ref: str) -> ImageSpec | None:
-    title = title_label(docker, ref) if matrix is not None else None
-    return matrix.find(title) if title else None
+    return spec_for_labels(matrix, (image_config(docker, ref) or {}).get("Labels")) if matrix is not None else None
 
 
 def smoke(docker: str, image: str, spec: ImageSpec | None) -> SmokeReport:
