@@ -309,19 +309,31 @@ def test_enroot_config_matches_enroot_rules():
 
 def test_squash_options(tmp_path):
     no_conf = str(tmp_path / "absent.conf")
-    assert squash.squash_options(None, None, env={}, conf_path=no_conf) == ("-comp", "lzo", "-noD", "-exit-on-error")
-    assert squash.squash_options(None, None, env={"ENROOT_SQUASH_OPTIONS": "-comp lz4 -b 1M"},
-                                 conf_path=no_conf) == ("-comp", "lz4", "-b", "1M")
-    assert squash.squash_options("zstd", None, env={}) == ("-comp", "zstd", "-Xcompression-level", "3")
-    assert squash.squash_options("gzip:9", None, env={}) == ("-comp", "gzip", "-Xcompression-level", "9")
-    assert squash.squash_options("none", None, env={}) == ("-noI", "-noD", "-noF", "-noX")
+
+    def options(compression, extra, env=None):
+        return squash.choose(compression, extra, env={} if env is None else env, conf_path=no_conf).options
+
+    assert options(None, None) == ("-comp", "lzo", "-noD", "-exit-on-error")
+    assert options(None, None, {"ENROOT_SQUASH_OPTIONS": "-comp lz4 -b 1M"}) == ("-comp", "lz4", "-b", "1M")
+    assert options("zstd", None) == ("-comp", "zstd", "-Xcompression-level", "3")
+    assert options("gzip:9", None) == ("-comp", "gzip", "-Xcompression-level", "9")
+    assert options("none", None) == ("-noI", "-noD", "-noF", "-noX")
     for bad in ("zip", "zstd:99", "lzo:3"):
         with pytest.raises(UsageError):
-            squash.squash_options(bad, None, env={})
+            options(bad, None)
     with pytest.raises(UsageError, match="not both"):
-        squash.squash_options("zstd", "-comp xz", env={})
+        options("zstd", "-comp xz")
     with pytest.raises(UsageError, match="characters"):
-        squash.squash_options(None, "-comp xz;rm", env={})
+        options(None, "-comp xz;rm")
+
+
+def test_processors_come_from_the_option_then_the_squash_options_then_enroot_then_the_cpus(tmp_path):
+    no_conf = str(tmp_path / "absent.conf")
+    env = {"ENROOT_MAX_PROCESSORS": "3", "ENROOT_SQUASH_OPTIONS": "-comp lz4 -processors 5"}
+    assert squash.choose(None, None, 2, env=env, conf_path=no_conf).processors == 2
+    assert squash.choose(None, None, env=env, conf_path=no_conf).processors == 5
+    assert squash.choose("zstd", None, env=env, conf_path=no_conf).processors == 3
+    assert squash.choose("zstd", None, env={}, conf_path=no_conf).processors == len(os.sched_getaffinity(0))
     assert squash.default_processors({"ENROOT_MAX_PROCESSORS": "3"}, conf_path=no_conf) == 3
 
 
@@ -338,13 +350,36 @@ def test_enroot_conf_is_read_when_the_environment_does_not_set_it(tmp_path):
     conf.write_text("#ENROOT_SQUASH_OPTIONS  -comp lzo -noD\n"
                     "ENROOT_SQUASH_OPTIONS      -comp zstd -Xcompression-level 5\n"
                     "ENROOT_MAX_PROCESSORS=3\n")
-    assert squash.squash_options(None, None, env={}, conf_path=str(conf)) == ("-comp", "zstd", "-Xcompression-level", "5")
-    assert squash.squash_options(None, None, env={"ENROOT_SQUASH_OPTIONS": "-comp lz4"}, conf_path=str(conf)) == ("-comp", "lz4")
-    assert squash.squash_options(None, None, env={"ENROOT_SQUASH_OPTIONS": ""}, conf_path=str(conf))[:2] == ("-comp", "zstd")
+
+    def choose(env):
+        return squash.choose(None, None, env=env, conf_path=str(conf))
+
+    assert choose({}).options == ("-comp", "zstd", "-Xcompression-level", "5") and choose({}).processors == 3
+    assert choose({"ENROOT_SQUASH_OPTIONS": "-comp lz4"}).options == ("-comp", "lz4")
+    assert choose({"ENROOT_SQUASH_OPTIONS": ""}).options[:2] == ("-comp", "zstd")
     assert squash.default_processors({}, conf_path=str(conf)) == 3
     conf.write_text("ENROOT_SQUASH_OPTIONS -comp $(cat /etc/comp)\n")
     with pytest.raises(UsageError, match=r"enroot.conf:1: ENROOT_SQUASH_OPTIONS uses shell expansion"):
-        squash.squash_options(None, None, env={}, conf_path=str(conf))
+        choose({})
+    # The hint works: the environment's value is used and the conf's is never evaluated.
+    assert choose({"ENROOT_SQUASH_OPTIONS": "-comp xz"}).options == ("-comp", "xz")
+    assert squash.choose("zstd", None, env={}, conf_path=str(conf)).options[:2] == ("-comp", "zstd")
+
+
+def test_enroot_conf_expansion_in_keys_builder_does_not_read_is_fine(tmp_path):
+    """Cluster enroot.conf files expand other settings with the shell (enroot's own example)."""
+    conf = tmp_path / "enroot.conf"
+    conf.write_text("ENROOT_RUNTIME_PATH /run/enroot/user-$(id -u)\n"
+                    "ENROOT_DATA_PATH    ${XDG_DATA_HOME}/enroot\n"
+                    "ENROOT_CACHE_PATH   `echo /tmp`\n"
+                    "ENROOT_SQUASH_OPTIONS -comp zstd -Xcompression-level 3\n")
+    choice = squash.choose(None, None, env={}, conf_path=str(conf))
+    assert choice.options == ("-comp", "zstd", "-Xcompression-level", "3")
+    assert choice.processors == len(os.sched_getaffinity(0))
+    conf.write_text("ENROOT_MAX_PROCESSORS $(nproc)\n")
+    with pytest.raises(UsageError, match=r"enroot.conf:1: ENROOT_MAX_PROCESSORS uses shell expansion"):
+        squash.choose(None, None, env={}, conf_path=str(conf))
+    assert squash.choose(None, None, 4, env={}, conf_path=str(conf)).processors == 4  # not needed: not read
 
 
 def test_pseudo_lines_quote_names_and_refuse_newlines():

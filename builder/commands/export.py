@@ -152,15 +152,15 @@ def register(cli: click.Group) -> None:
         fmt = fmt or ("tar" if dest.suffix == ".tar" else "sqsh")
         if fmt == "tar" and (compression or squash_options or keep_owners or method != "native" or source_ != "layers"):
             raise UsageError("--format tar takes none of --compression, --squash-options, --keep-owners, --method, --source")
-        choice = squash.choose(compression, squash_options) if fmt == "sqsh" else squash.SquashChoice((), None, "")
+        # Only an sqsh reads the squash settings (enroot.conf included); a tar has none.
+        choice = squash.choose(compression, squash_options, processors) if fmt == "sqsh" else None
         request = ExportRequest(
             ref=ref,
             dest=dest,
             fmt=fmt,
             method=method,
             source=source_,
-            squash_options=choice.options,
-            processors=processors or choice.processors or squash.default_processors(),
+            **({"squash_options": choice.options, "processors": choice.processors} if choice else {}),
             keep_owners=keep_owners,
             force=force,
             work_dir=work_dir,

@@ -67,13 +67,17 @@ def compression_options(spec: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class SquashChoice:
     options: tuple[str, ...]  # what decides the file's content (recorded in the sidecar)
-    processors: int | None  # a -processors N found in the given options
+    processors: int  # mksquashfs threads
     origin: str  # where the options came from, for messages
 
 
-def read_enroot_conf(path: str = ENROOT_CONF) -> dict[str, str]:
-    """ENROOT_* settings of an enroot.conf: 'KEY VALUE' (or KEY=VALUE) lines, '#' lines ignored.
-    enroot expands values with the shell; a value that needs expansion cannot be read here."""
+SQUASH_OPTIONS_KEY = "ENROOT_SQUASH_OPTIONS"
+MAX_PROCESSORS_KEY = "ENROOT_MAX_PROCESSORS"
+
+
+def read_enroot_conf(path: str = ENROOT_CONF) -> dict[str, tuple[str, int]]:
+    """The ENROOT_* lines of an enroot.conf, unevaluated: {KEY: (value, line number)}.
+    'KEY VALUE' (or KEY=VALUE) lines; '#' lines ignored; the last line of a key wins."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
@@ -82,42 +86,69 @@ def read_enroot_conf(path: str = ENROOT_CONF) -> dict[str, str]:
     found = {}
     for number, line in enumerate(lines, 1):
         match = re.match(r"^(ENROOT_[A-Z_]+)[ \t=]+(.*)$", line.strip())
-        if not match:
-            continue
-        key, value = match[1], match[2].strip()
-        if any(c in value for c in "$`"):
-            raise UsageError(f"{path}:{number}: {key} uses shell expansion, which builder cannot evaluate; "
-                             f"set {key} in the environment instead")
-        try:
-            found[key] = " ".join(shlex.split(value))
-        except ValueError:
-            raise UsageError(f"{path}:{number}: {key} has unbalanced quotes") from None
+        if match:
+            found[match[1]] = (match[2].strip(), number)
     return found
 
 
-def _setting(name: str, env: Mapping[str, str], conf_path: str) -> tuple[str | None, str]:
-    # As enroot: a non-empty environment variable wins over the configuration file.
-    if env.get(name, "").strip():
-        return env[name], f"${name}"
-    value = read_enroot_conf(conf_path).get(name)
-    return (value, f"{name} in {conf_path}") if value and value.strip() else (None, "")
+class EnrootSettings:
+    """The enroot settings an export uses, as enroot resolves them: a non-empty environment
+    variable wins over enroot.conf, which is read at most once.
+
+    enroot expands conf values with the shell; builder cannot, so a value needing expansion
+    is an error, but only for the keys builder reads (a conf commonly sets, say,
+    ``ENROOT_RUNTIME_PATH /run/enroot/user-$(id -u)``)."""
+
+    def __init__(self, env: Mapping[str, str] | None = None, conf_path: str | None = None):
+        self.env = os.environ if env is None else env
+        self.conf_path = conf_path or ENROOT_CONF
+        self._conf: dict[str, tuple[str, int]] | None = None
+
+    def get(self, key: str) -> tuple[str | None, str]:
+        """(value, where it came from), or (None, '') when neither sets it."""
+        if self.env.get(key, "").strip():
+            return self.env[key], f"${key}"
+        if self._conf is None:
+            self._conf = read_enroot_conf(self.conf_path)
+        value, number = self._conf.get(key, ("", 0))
+        if not value:
+            return None, ""
+        where = f"{self.conf_path}:{number}"
+        if any(c in value for c in "$`"):
+            raise UsageError(f"{where}: {key} uses shell expansion, which builder cannot evaluate; "
+                             f"set {key} in the environment instead")
+        try:
+            value = " ".join(shlex.split(value))
+        except ValueError:
+            raise UsageError(f"{where}: {key} has unbalanced quotes") from None
+        return (value, f"{key} in {self.conf_path}") if value.strip() else (None, "")
 
 
-def choose(compression: str | None, extra: str | None, env: Mapping[str, str] | None = None,
-           conf_path: str = ENROOT_CONF) -> SquashChoice:
-    """The options that decide the file's content: --compression, else --squash-options,
-    else ENROOT_SQUASH_OPTIONS (environment, then enroot.conf), else enroot's default."""
-    env = os.environ if env is None else env
+def choose(compression: str | None, extra: str | None, processors: int | None = None,
+           env: Mapping[str, str] | None = None, conf_path: str | None = None) -> SquashChoice:
+    """Everything mksquashfs is run with. Options: --compression, else --squash-options, else
+    ENROOT_SQUASH_OPTIONS (environment, then enroot.conf), else enroot's default. Threads:
+    --processors, else a -processors N in those options, else ENROOT_MAX_PROCESSORS, else all CPUs."""
+    settings = EnrootSettings(env, conf_path)
     if compression and extra:
         raise UsageError("give either --compression or --squash-options, not both")
     if compression:
-        return SquashChoice(compression_options(compression), None, "--compression")
-    if extra is not None:
-        text, origin = extra, "--squash-options"
+        options, found = compression_options(compression), None
+        origin = "--compression"
     else:
-        text, origin = _setting("ENROOT_SQUASH_OPTIONS", env, conf_path)
-    if text is None or not text.strip():
-        return SquashChoice(ENROOT_DEFAULT, None, "enroot's default")
+        if extra is not None:
+            text, origin = extra, "--squash-options"
+        else:
+            text, origin = settings.get(SQUASH_OPTIONS_KEY)
+        if text is None or not text.strip():
+            options, found, origin = ENROOT_DEFAULT, None, "enroot's default"
+        else:
+            options, found = _parse_options(text, origin)
+    return SquashChoice(options, processors or found or _default_processors(settings), origin)
+
+
+def _parse_options(text: str, origin: str) -> tuple[tuple[str, ...], int | None]:
+    """Given mksquashfs options without the ones builder sets itself, and their -processors N."""
     try:
         words = shlex.split(text)
     except ValueError:
@@ -140,20 +171,19 @@ def choose(compression: str | None, extra: str | None, env: Mapping[str, str] | 
         if word not in _OWN_FLAGS:
             options.append(word)
         i += 1
-    return SquashChoice(tuple(options), processors, origin)
+    return tuple(options), processors
 
 
-def squash_options(compression: str | None, extra: str | None, env: Mapping[str, str] | None = None,
-                   conf_path: str = ENROOT_CONF) -> tuple[str, ...]:
-    return choose(compression, extra, env, conf_path).options
-
-
-def default_processors(env: Mapping[str, str] | None = None, conf_path: str = ENROOT_CONF) -> int:
-    env = os.environ if env is None else env
-    value, _origin = _setting("ENROOT_MAX_PROCESSORS", env, conf_path)
+def _default_processors(settings: EnrootSettings) -> int:
+    value, _origin = settings.get(MAX_PROCESSORS_KEY)
     if value and value.strip().isdigit() and int(value) > 0:
         return int(value)
     return len(os.sched_getaffinity(0)) or 1
+
+
+def default_processors(env: Mapping[str, str] | None = None, conf_path: str | None = None) -> int:
+    """ENROOT_MAX_PROCESSORS (environment, then enroot.conf), else all CPUs."""
+    return _default_processors(EnrootSettings(env, conf_path))
 
 
 def find_mksquashfs() -> str:
