@@ -31,14 +31,14 @@ from builder.render import Renderer, dockerfile_path
 
 # buildx accepts only these characters in target and group names (bake.go, targetNamePattern);
 # image names may hold dots, so a target name swaps them for underscores.
-TARGET_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+TARGET_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]+\Z")
 # A registry cache reference: host[:port]/path, fully qualified (a host with a '.' or a port,
 # or localhost), no tag: one tag per target is added.
 CACHE_REF_RE = re.compile(
     r"^(?:[a-z0-9]+(?:-[a-z0-9]+)*(?:\.[a-z0-9]+(?:-[a-z0-9]+)*)+(?::\d{1,5})?|[a-z0-9]+(?:[.-][a-z0-9]+)*:\d{1,5}"
     r"|localhost)/[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$"
 )
-REGISTRY_RE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?$")
+REGISTRY_RE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?\Z")
 # The stanzas install x86_64 software (EFA installer, lib/x86_64-linux-gnu paths, the smddp
 # wheels) on x86_64 bases: another platform would build something that cannot work.
 SUPPORTED_PLATFORMS = ("linux/amd64",)

@@ -26,8 +26,8 @@ REGISTRY_RE = re.compile(
     r"(?::[0-9]{1,5})?$"
 )
 # ECR's own constraints on repository names (2-256 chars) and tags (1-128 chars, docker's grammar).
-REPOSITORY_RE = re.compile(r"^(?:[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*/)*[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+REPOSITORY_RE = re.compile(r"^(?:[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*/)*[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
 # Manifest types a pushed single-platform image can have (Docker engine 20.10 pushes the first).
 MANIFEST_MEDIA_TYPES = (

@@ -41,14 +41,14 @@ INDEX_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.oci.image.index.v1+json",
 )
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 # [registry/]path[:tag][@digest], lowercase path components as in the matrix's IMAGE_RE.
 REF_RE = re.compile(
     r"^(?:(?P<registry>[a-zA-Z0-9]+(?:[.-][a-zA-Z0-9]+)*(?::\d{1,5})?)/)?"
     r"(?P<path>[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?\Z"
 )
-PATH_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+PATH_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*\Z")
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 # Names Docker itself treats as Docker Hub (the CLI's default index and its historical hosts).
@@ -58,7 +58,7 @@ DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
 # Far beyond any real manifest or index (NGC's multi-platform indexes are a few KiB); a bigger
 # answer is not a manifest, so it is not read into memory.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-ECR_HOST_RE = re.compile(r"^[0-9]{12}\.dkr\.ecr(?:-fips)?\.[a-z]{2}(?:-[a-z]+)+-[0-9]\.amazonaws\.com(?:\.cn)?$")
+ECR_HOST_RE = re.compile(r"^[0-9]{12}\.dkr\.ecr(?:-fips)?\.[a-z]{2}(?:-[a-z]+)+-[0-9]\.amazonaws\.com(?:\.cn)?\Z")
 
 
 # --- references ------------------------------------------------------------------------------------

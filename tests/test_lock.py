@@ -101,6 +101,7 @@ def test_lock_text_is_deterministic_and_reads_back(tmp_path):
     json.dumps({"schema": 2, "images": {}}),
     json.dumps({"schema": 1, "images": {"x:1": {"digest": "sha256:short"}}}),
     json.dumps({"schema": 1, "images": {"x:1@" + DIGEST: {"digest": DIGEST}}}),
+    json.dumps({"schema": 1, "images": {"x:1": {"digest": DIGEST + "\n"}}}),  # would break FROM
 ])
 def test_broken_lock_file_is_a_usage_error(tmp_path, content):
     matrix = write_project(tmp_path)
