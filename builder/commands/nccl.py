@@ -20,7 +20,7 @@ from builder.errors import UsageError
 from builder.nccl import EXIT_FAIL, EXIT_NO_RESULTS, EXIT_PASS
 from builder.nccl.instances import INSTANCES, get_instance
 from builder.nccl.judge import judge as judge_run
-from builder.nccl.parse import NoResults, parse_runs
+from builder.nccl.parse import NoResults, parse_runs, perf_name
 from builder.nccl.report import SCHEMA, rows_text, summary_text, to_json, verdict_text
 from builder.nccl.run import COLLECTIVES, RunOptions, parse_size
 
@@ -146,19 +146,15 @@ def judge_cmd(file, log_files, instance, nodes, threshold, expect_efa, collectiv
 def _select(runs, collective: str | None, file: str):
     """The tables to judge: all of them, or those --collective names."""
     if collective is None or len(runs) == 1:
-        if collective is not None and runs[0].collective not in (None, _perf_name(collective), _perf_name(collective) + "_mpi"):
+        if collective is not None and runs[0].collective not in (None, perf_name(collective), perf_name(collective) + "_mpi"):
             raise UsageError(f"--collective {collective}: the table in {file} is {runs[0].collective}")
         return runs
-    wanted = _perf_name(collective)
+    wanted = perf_name(collective)
     chosen = [r for r in runs if r.collective in (wanted, wanted + "_mpi")]
     if not chosen:
         names = ", ".join(r.collective or "unnamed" for r in runs)
         raise UsageError(f"--collective {collective}: no such table in {file} (its tables: {names})")
     return chosen
-
-
-def _perf_name(name: str) -> str:
-    return name if name.endswith("_perf") else f"{name}_perf"
 
 
 @nccl_group.command("instances")

@@ -555,7 +555,7 @@ def _binary_mentions(contents: list[str]) -> list[tuple[int, str]]:
     return found
 
 
-def _normalise(name: str | None) -> str | None:
+def perf_name(name: str | None) -> str | None:
     """'all_reduce' -> 'all_reduce_perf' (the form nccl-tests prints)."""
     if name is None:
         return None
@@ -593,7 +593,7 @@ def parse_runs(text: str, logs: str = "", collective: str | None = None) -> list
     )
     tables = with_tables[label]
     mentions = _binary_mentions(contents)
-    lone = _normalise(collective) if len(tables) == 1 else None
+    lone = perf_name(collective) if len(tables) == 1 else None
 
     runs = []
     previous_start = -1

@@ -142,7 +142,7 @@ def _launch_script(tests_dir: str | None) -> str:
     """Finds the binary inside the image ($1), then execs it with the remaining arguments."""
     if tests_dir:
         # It lands in a shell script: an absolute path of plain characters only (reject, don't escape).
-        if not re.match(r"^/[A-Za-z0-9._/-]*$", tests_dir):
+        if not re.fullmatch(r"/[A-Za-z0-9._/-]*", tests_dir):
             raise UsageError(f"--tests-dir '{tests_dir}' must be an absolute path of letters, digits, '._-/'")
         return 'b="$1"; shift; exec "%s/$b" "$@"' % tests_dir.rstrip("/")
     dirs = " ".join(SEARCH_DIRS)
