@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import requests
 
 from builder.errors import BuilderError, UsageError
+from builder.imageref import split_registry
 from builder.registry_api import ACCEPT, base_url, is_loopback
 
 LOCK_SCHEMA = 1
@@ -79,12 +80,8 @@ class Reference:
         name = text.split("@", 1)[0]
         if m["tag"]:
             name = name[: -len(m["tag"]) - 1]
-        first, _, rest = name.partition("/")
-        # Docker's rule: the first component is a registry when it has a '.' or ':' or is localhost.
-        if rest and ("." in first or ":" in first or first == "localhost"):
-            registry, path = first.lower(), rest
-        else:
-            registry, path = DOCKER_HUB, name
+        host, path = split_registry(name)
+        registry = host.lower() if host else DOCKER_HUB
         if not PATH_RE.match(path):
             raise UsageError(f"{text!r} is not an image reference like registry/repo:tag (lowercase repository path)")
         if registry in DOCKER_HUB_ALIASES:

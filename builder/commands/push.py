@@ -9,13 +9,14 @@ import click
 
 from builder.ecr import check_repository
 from builder.errors import UsageError
+from builder.imageref import split_registry
 
 # An explicit local image reference: [host[:port]/]path:tag (a tag is required, so that a bare
 # word is always a matrix name and a typo gets a did-you-mean instead of a push of 'typo:latest').
 IMAGE_REF_RE = re.compile(
     r"^(?:(?P<host>[A-Za-z0-9.-]+(?::[0-9]+)?|localhost)/)?"
     r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
-    r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$"
+    r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})\Z"
 )
 
 
@@ -26,10 +27,7 @@ def parse_image_ref(ref: str) -> tuple[str, str]:
         raise UsageError(
             f"{ref!r} is neither an image of the matrix nor an image reference with a tag (name:tag); see 'builder list'"
         )
-    host, path = match["host"], match["path"]
-    # docker's rule: the first component is a registry host only if it has a '.' or ':' or is localhost.
-    if host and not ("." in host or ":" in host or host == "localhost"):
-        path = f"{host}/{path}"
+    _, path = split_registry(ref[: -len(match["tag"]) - 1])
     return check_repository(path), match["tag"]
 
 

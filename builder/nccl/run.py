@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import BuilderError, UsageError
+from builder.imageref import split_registry
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "alltoall", "sendrecv")
 # Where images put the binaries when they are not on PATH (NGC/awsome images, DLC images).
@@ -111,8 +112,7 @@ def image_exists(docker: str, ref: str) -> bool:
 def is_registry_ref(ref: str) -> bool:
     """A reference naming its registry ('123.dkr.ecr.us-east-1.amazonaws.com/img:1', 'host:5000/img',
     'localhost/img'): only those are pulled, so a mistyped local name never goes to Docker Hub."""
-    first, slash, _ = ref.partition("/")
-    return bool(slash) and ("." in first or ":" in first or first == "localhost")
+    return split_registry(ref)[0] is not None
 
 
 def ensure_image(docker: str, ref: str, progress=None, timeout: int = 3600) -> None:
