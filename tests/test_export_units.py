@@ -65,10 +65,10 @@ def tree(root: Path) -> dict[str, str]:
 def build(tmp_path: Path, *layers) -> Path:
     root = tmp_path / "rootfs"
     root.mkdir(parents=True)
-    b = RootfsBuilder(root)
-    for l in layers:
-        b.apply(l)
-    b.finish()
+    with RootfsBuilder(root) as b:
+        for l in layers:
+            b.apply(l)
+        b.finish()
     return root
 
 
@@ -188,13 +188,13 @@ def test_aufs_metadata_is_dropped_and_its_hard_links_resolved(tmp_path):
 def test_workdir_under_an_absolute_image_symlink_resolves_inside_the_root(tmp_path):
     root = tmp_path / "rootfs"
     root.mkdir()
-    b = RootfsBuilder(root)
-    b.apply(layer(("data", D, None, 0o755), ("opt", D, None, 0o755), ("opt/link", L, "/data", 0o777),
-                  ("up", L, "../../..", 0o777), ("file", F, b"f", 0o644)))
-    b.ensure_dir("/opt/link/sub")
-    b.ensure_dir("/up/made")  # '..' stops at the image's root
-    b.ensure_dir("/file/below")  # a file in the way: left alone (enroot's /etc/rc fails the cd, as docker would)
-    b.finish()
+    with RootfsBuilder(root) as b:
+        b.apply(layer(("data", D, None, 0o755), ("opt", D, None, 0o755), ("opt/link", L, "/data", 0o777),
+                      ("up", L, "../../..", 0o777), ("file", F, b"f", 0o644)))
+        b.ensure_dir("/opt/link/sub")
+        b.ensure_dir("/up/made")  # '..' stops at the image's root
+        b.ensure_dir("/file/below")  # a file in the way: left alone (enroot's /etc/rc fails the cd, as docker would)
+        b.finish()
     assert os.readlink(root / "opt/link") == "/data" and (root / "data/sub").is_dir()
     assert (root / "made").is_dir() and (root / "file").read_text() == "f"
     assert stat.S_IMODE((root / "data/sub").stat().st_mode) == 0o755
@@ -208,11 +208,11 @@ def test_zstd_layer_is_one_clear_error(tmp_path):
 def test_not_root_unreadable_entries_are_opened_up_and_their_modes_kept(tmp_path):
     root = tmp_path / "rootfs"
     root.mkdir()
-    b = RootfsBuilder(root)
-    b._is_root = False  # the decision a non-root exporter makes; the real thing runs in test_export_docker
-    b.apply(layer(("etc", D, None, 0o755), ("etc/shadow", F, b"s", 0o000), ("priv", D, None, 0o000),
-                  ("priv/x", F, b"x", 0o200), ("ok", F, b"o", 0o644)))
-    b.finish()
+    with RootfsBuilder(root) as b:
+        b._is_root = False  # the decision a non-root exporter makes; the real thing runs in test_export_docker
+        b.apply(layer(("etc", D, None, 0o755), ("etc/shadow", F, b"s", 0o000), ("priv", D, None, 0o000),
+                      ("priv/x", F, b"x", 0o200), ("ok", F, b"o", 0o644)))
+        b.finish()
     assert sorted(b.mode_fixes) == [("etc/shadow", 0o000), ("priv", 0o000), ("priv/x", 0o200)]
     assert stat.S_IMODE((root / "etc/shadow").stat().st_mode) == 0o400
     assert stat.S_IMODE((root / "priv").stat().st_mode) == 0o500
@@ -239,9 +239,9 @@ def test_work_tree_with_read_only_and_unlistable_folders_is_removed(tmp_path):
 def test_enroot_files_written_safely(tmp_path):
     root = tmp_path / "rootfs"
     root.mkdir()
-    b = RootfsBuilder(root)
-    b.apply(layer(("etc", L, str(tmp_path), 0o777)))  # a hostile /etc pointing out of the root
-    b.write_file("etc/rc", b"exec x\n")
+    with RootfsBuilder(root) as b:
+        b.apply(layer(("etc", L, str(tmp_path), 0o777)))  # a hostile /etc pointing out of the root
+        b.write_file("etc/rc", b"exec x\n")
     assert (root / "etc").is_dir() and not (root / "etc").is_symlink()
     assert not (tmp_path / "rc").exists()
 
@@ -486,7 +486,80 @@ def test_destination_lock_serialises_exports(tmp_path):
     assert waiter.stdout.readline().startswith("waiting for another export to")  # blocked on our lock
     first.release()
     assert waiter.stdout.readline().strip() == "True" and waiter.wait(timeout=30) == 0
+    waiter.stdout.close()
     assert atomic.lock_path(dest).exists()
+
+
+def _no_flock(monkeypatch):
+    """A filesystem without flock (Lustre mounted noflock, NFS without lockd): flock says ENOLCK."""
+    import fcntl
+
+    def flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+
+
+def _workdirs(parent: Path) -> dict[str, Path]:
+    from builder.export import WORKDIR_PREFIX
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    other_boot = f"{atomic._HOST}.{'f' * 8}-{atomic._PIDNS}"
+    folders = {
+        "live": parent / f"{WORKDIR_PREFIX}{atomic.IDENTITY}.{os.getppid()}-abc",  # a running export's
+        "dead": parent / f"{WORKDIR_PREFIX}{atomic.IDENTITY}.{dead.pid}-def",
+        "other_boot": parent / f"{WORKDIR_PREFIX}{other_boot}.{dead.pid}-ghi",  # another node's, recent
+    }
+    for folder in folders.values():
+        (folder / "rootfs/usr").mkdir(parents=True)
+    return folders
+
+
+def test_stale_work_folders_are_removed_and_a_locked_one_kept(tmp_path):
+    from builder.export import _clean_stale_workdirs
+
+    folders = _workdirs(tmp_path)
+    fd, locked = atomic.lock_exclusive(folders["live"], directory=True)  # as its export holds it
+    try:
+        assert locked
+        assert atomic.lock_exclusive(folders["live"], directory=True) == (None, False)
+        _clean_stale_workdirs(tmp_path)
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([folders["live"].name, folders["other_boot"].name])
+    _clean_stale_workdirs(tmp_path)  # unlocked and made under this kernel: its export is gone
+    assert [p.name for p in tmp_path.iterdir()] == [folders["other_boot"].name]
+
+
+def test_without_flock_a_live_exports_work_folder_is_kept(tmp_path, monkeypatch):
+    from builder.export import _clean_stale_workdirs
+
+    folders = _workdirs(tmp_path)
+    _no_flock(monkeypatch)
+    fd, locked = atomic.lock_exclusive(folders["live"], directory=True)
+    assert fd is not None and not locked
+    os.close(fd)
+    _clean_stale_workdirs(tmp_path)  # the lock proves nothing: the folder's pid decides
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([folders["live"].name, folders["other_boot"].name])
+    lock = atomic.DestinationLock(tmp_path / "img.sqsh")
+    assert not lock.acquire() and not lock.held
+
+
+def test_a_work_folder_that_cannot_be_set_up_is_not_left_behind(tmp_path, monkeypatch):
+    from builder import export
+
+    def broken(path, **_kw):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(atomic, "lock_exclusive", broken)
+    with pytest.raises(BuilderError, match=r"Input/output error while creating a work folder in"):
+        export._make_workdir(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    work, fd = export._make_workdir(tmp_path)
+    os.close(fd)
+    assert [p.name for p in tmp_path.iterdir()] == [work.name] and work.name.startswith(export.WORKDIR_PREFIX)
 
 
 def test_sticky_folder_with_another_users_file_fails_before_any_work(tmp_path):

@@ -20,7 +20,6 @@ import hashlib
 import os
 import re
 import shutil
-import fcntl
 import signal
 import subprocess
 import tarfile
@@ -317,22 +316,10 @@ _WORKDIR = re.compile(rf"^{WORKDIR_PREFIX}[A-Za-z0-9-]+\.(?P<boot>[0-9a-f]{{8}})
 _OLD_WORKDIR = re.compile(rf"^{WORKDIR_PREFIX}[A-Za-z0-9-]+-(?P<pid>\d+)-")
 
 
-def _lock_dir(path: str) -> int | None:
-    """An fd holding an exclusive flock on folder ``path``, or None when another process holds it."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except OSError:
-        return fd  # no flock on this filesystem: owner_gone decides from the name alone
-    return fd
-
-
 def _clean_stale_workdirs(parent: Path) -> None:
     """Remove unpacked images of exports that are gone. A live export holds an flock on its
-    work folder, so one whose lock can be taken, made under this kernel, is stale."""
+    work folder, so one whose lock can be taken, made under this kernel, is stale. Where the
+    filesystem has no flock, taking it proves nothing: the name (pid) decides, as for temporaries."""
     try:
         entries = [e for e in os.scandir(parent) if e.name.startswith(WORKDIR_PREFIX)]
     except OSError:
@@ -343,13 +330,13 @@ def _clean_stale_workdirs(parent: Path) -> None:
         if not match or not entry.is_dir(follow_symlinks=False):
             continue
         try:
-            fd = _lock_dir(entry.path)
+            fd, locked = atomic.lock_exclusive(entry.path, directory=True)
             if fd is None:
-                continue
+                continue  # its export is running
             try:
                 groups = match.groupdict()
                 age = now - entry.stat(follow_symlinks=False).st_mtime
-                if atomic.owner_gone(groups.get("boot"), groups.get("ns"), int(match["pid"]), locked=True, age=age):
+                if atomic.owner_gone(groups.get("boot"), groups.get("ns"), int(match["pid"]), locked=locked, age=age):
                     tree.remove_tree(entry.path)
             finally:
                 os.close(fd)
@@ -357,52 +344,69 @@ def _clean_stale_workdirs(parent: Path) -> None:
             continue  # another user's, or just removed: not ours to worry about
 
 
+def _make_workdir(parent: Path) -> tuple[Path, int]:
+    """A new work folder in ``parent`` and an fd holding its flock (where the filesystem has flock).
+
+    Made under a dot name the clean-up ignores, locked, then given its real name: another
+    export's clean-up never sees it unlocked."""
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{WORKDIR_PREFIX}", dir=parent))
+    except OSError as exc:
+        raise atomic.os_error_line(exc, parent, "creating a work folder in", work_dir=True) from None
+    fd = None
+    try:
+        # Nobody else knows the dot name, so waiting (were it ever held) ends at once.
+        fd, _locked = atomic.lock_exclusive(staging, directory=True, waiting=lambda: None)
+        work = parent / f"{WORKDIR_PREFIX}{atomic.IDENTITY}.{os.getpid()}-{staging.name.rpartition('-')[2]}"
+        os.rename(staging, work)
+    except BaseException as exc:
+        if fd is not None:
+            os.close(fd)
+        try:
+            tree.remove_tree(staging)  # the clean-up of later exports ignores dot names
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise atomic.os_error_line(exc, parent, "creating a work folder in", work_dir=True) from None
+        raise
+    return work, fd
+
+
 def _write_native_sqsh(client, image, request: ExportRequest, temp: Path, progress) -> dict[str, Any]:
     parent = Path(request.work_dir or tempfile.gettempdir())
     if not parent.is_dir():
         raise BuilderError(f"work folder {parent} does not exist; create it or pass another --work-dir")
     _clean_stale_workdirs(parent)
-    try:
-        # Made under a name the clean-up ignores, locked, then given its real name: another
-        # export's clean-up never sees it unlocked.
-        staging = tempfile.mkdtemp(prefix=f".{WORKDIR_PREFIX}", dir=parent)
-        work_lock = _lock_dir(staging)
-        work = parent / f"{WORKDIR_PREFIX}{atomic.IDENTITY}.{os.getpid()}-{Path(staging).name.rpartition('-')[2]}"
-        os.rename(staging, work)
-    except OSError as exc:
-        raise atomic.os_error_line(exc, parent, "creating a work folder in", work_dir=True) from None
-    builder = None
+    work, work_lock = _make_workdir(parent)
     try:
         rootfs = work / "rootfs"
         rootfs.mkdir()
         exclude = container.engine_excludes if request.source == "container" else enroot_excludes
-        builder = RootfsBuilder(rootfs, keep_owners=request.keep_owners, exclude=exclude)
         layer_count = len((image.attrs.get("RootFS") or {}).get("Layers") or []) or "?"
-
-        def apply_layer(fileobj, index: int, name: str) -> None:
-            before = builder.stats.bytes
-            builder.apply(fileobj)
-            progress(f"applied layer {index + 1}/{layer_count} ({(builder.stats.bytes - before) / 1e6:.0f} MB)")
-            _pause("layers")
-
         unpack_started = time.monotonic()
-        try:
-            if request.source == "container":
-                progress("reading the filesystem of a container made from the image (docker export)")
-                container.apply_container_export(client, image, lambda f: (builder.apply(f), _pause("container")))
-                saved = source.SaveResult(layers=["container"], streamed=1)
-            else:
-                saved = source.apply_saved_image(source.ChunkReader(image.save(chunk_size=1 << 20)),
-                                                 str(work / "spool"), apply_layer)
-            config = image.attrs.get("Config") or {}
-            for rel, text in enroot_config.render(config).items():
-                builder.write_file(rel, text.encode())
-            builder.ensure_dir(enroot_config.workdir(config))
-            builder.finish()
-        except OSError as exc:
-            raise atomic.os_error_line(exc, work, "unpacking the image into", work_dir=True) from None
-        finally:
-            builder.close()
+        with RootfsBuilder(rootfs, keep_owners=request.keep_owners, exclude=exclude) as builder:
+
+            def apply_layer(fileobj, index: int, name: str) -> None:
+                before = builder.stats.bytes
+                builder.apply(fileobj)
+                progress(f"applied layer {index + 1}/{layer_count} ({(builder.stats.bytes - before) / 1e6:.0f} MB)")
+                _pause("layers")
+
+            try:
+                if request.source == "container":
+                    progress("reading the filesystem of a container made from the image (docker export)")
+                    container.apply_container_export(client, image, lambda f: (builder.apply(f), _pause("container")))
+                    saved = source.SaveResult(layers=["container"], streamed=1)
+                else:
+                    saved = source.apply_saved_image(source.ChunkReader(image.save(chunk_size=1 << 20)),
+                                                     str(work / "spool"), apply_layer)
+                config = image.attrs.get("Config") or {}
+                for rel, text in enroot_config.render(config).items():
+                    builder.write_file(rel, text.encode())
+                builder.ensure_dir(enroot_config.workdir(config))
+                builder.finish()
+            except OSError as exc:
+                raise atomic.os_error_line(exc, work, "unpacking the image into", work_dir=True) from None
         if builder.stats.skipped:
             progress(f"warning: {len(builder.stats.skipped)} entries could not be created "
                      f"(device nodes need root), first: /{builder.stats.skipped[0]}")
@@ -427,8 +431,7 @@ def _write_native_sqsh(client, image, request: ExportRequest, temp: Path, progre
         try:
             tree.remove_tree(work)
         finally:
-            if work_lock is not None:
-                os.close(work_lock)
+            os.close(work_lock)
 
 
 def _run_enroot(request: ExportRequest, temp: Path, progress) -> None:

@@ -124,15 +124,66 @@ def clean_stale(dest: Path, *names: Path, locked: bool = False, now: float | Non
     return removed
 
 
+# flock errors that mean "no working flock on this filesystem" rather than a failure
+# (Lustre mounted with noflock: ENOSYS/EINVAL; NFS without lockd: ENOLCK; NFS's fcntl-emulated
+# flock of a read-only descriptor: EBADF).
+_UNSUPPORTED = (errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF)
+
+
+def _open_lock_file(path: Path) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # another user's lock file: reading it is enough
+    try:
+        os.fchmod(fd, 0o666)  # other users exporting here lock it too (only works on our own)
+    except OSError:
+        pass
+    return fd
+
+
+def lock_exclusive(path: Path | str, *, directory: bool = False,
+                   waiting: Callable[[], None] | None = None) -> tuple[int | None, bool]:
+    """Open ``path`` (a lock file, made if missing, or with ``directory`` a folder) and take an
+    exclusive flock on it; closing the fd drops the lock.
+
+    Returns ``(fd, True)`` when locked; ``(fd, False)`` where the filesystem has no working
+    flock (the caller must then judge without it, and close fd); ``(None, False)`` when another
+    process holds the lock and ``waiting`` is None. With ``waiting``, it is called and the lock
+    is waited for. Raises OSError when ``path`` cannot be opened.
+    """
+    if directory:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    else:
+        fd = _open_lock_file(Path(path))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is None:
+                os.close(fd)
+                return None, False
+            waiting()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno in _UNSUPPORTED:
+            return fd, False
+        os.close(fd)
+        raise
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, True
+
+
 class DestinationLock:
     """An exclusive ``flock`` on ``.NAME.lock`` beside the destination, held for a whole export.
 
     ``acquire`` returns False (and the export goes on unlocked, as before) where the
-    filesystem has no working flock (Lustre mounted with ``noflock``, some NFS setups).
-    The lock file stays: removing it would let two exports lock two different files.
+    filesystem has no working flock (Lustre mounted with ``noflock``, some NFS setups) or the
+    lock file cannot be opened. The lock file stays: removing it would let two exports lock
+    two different files.
     """
-
-    _UNSUPPORTED = (errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF)
 
     def __init__(self, dest: Path):
         self.path = lock_path(dest)
@@ -143,33 +194,15 @@ class DestinationLock:
         return self._fd is not None
 
     def acquire(self, progress: Callable[[str], None] = lambda _m: None) -> bool:
+        dest = self.path.parent / self.path.name[1:-5]
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            try:
-                os.fchmod(fd, 0o666)  # other users exporting here lock it too (only works on our own)
-            except OSError:
-                pass
-        except PermissionError:
-            try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return False
+            fd, locked = lock_exclusive(self.path, waiting=lambda: progress(
+                f"waiting for another export to {dest} to finish"))
         except OSError:
             return False
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                progress(f"waiting for another export to {self.path.parent / self.path.name[1:-5]} to finish")
-                fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
+        if not locked:
             os.close(fd)
-            if exc.errno in self._UNSUPPORTED:
-                return False
-            raise
-        except BaseException:
-            os.close(fd)
-            raise
+            return False
         self._fd = fd
         return True
 

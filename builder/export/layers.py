@@ -89,7 +89,8 @@ class _Prefixed:
 
 
 class RootfsBuilder:
-    """Applies layers bottom-up onto ``root``; call ``finish()`` once after the last layer.
+    """Applies layers bottom-up onto ``root``; call ``finish()`` once after the last layer, and
+    ``close()`` (or use it as a context manager) to release its descriptors.
 
     keep_owners: chown entries to the owners in the layer (needs root). Otherwise every
     entry belongs to the caller and the squashfs is made with ``-all-root``, as enroot does.
@@ -126,11 +127,11 @@ class RootfsBuilder:
             os.close(self._root_fd)
             self._root_fd = -1
 
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
+    def __enter__(self) -> "RootfsBuilder":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
 
     # -- directories -------------------------------------------------------------------------
     def _drop_chain(self, keep: int) -> None:
