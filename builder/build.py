@@ -9,10 +9,8 @@ a failure names the stanza whose step failed and shows the end of that step's ou
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -158,6 +156,12 @@ class Reporter:
         self.lock = threading.Lock()
         self.drawn = 0
 
+    def note(self, text: str) -> None:
+        """A line above the progress lines (before the first is drawn)."""
+        with self.lock:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
     def update(self, name: str, text: str) -> None:
         with self.lock:
             self.lines[name] = text
@@ -183,25 +187,21 @@ class Builder:
         """Build all plans, options.jobs at a time. A failure does not stop the others; Ctrl-C
         or SIGTERM (how CI cancels a job) stops every running build and reports the unfinished
         ones as interrupted."""
-        problem = engine_answers(self.client)
-        if problem:
-            raise BuilderError(engine_down_message(self.client.docker, problem))
         results = {p.spec.name: rep.ImageResult(p.spec.name, list(p.spec.refs)) for p in plans}
         pool = ThreadPoolExecutor(max_workers=max(1, self.options.jobs))
-        with _sigterm_as_interrupt():
-            try:
-                futures = {pool.submit(self._build_one_safely, p, results[p.spec.name]): p for p in plans}
-                pending = set(futures)
-                while pending:
-                    _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:
-                self.interrupt()
-                pool.shutdown(wait=True, cancel_futures=True)
-                for result in results.values():
-                    if result.status in ("pending", "running"):
-                        result.status = "interrupted"
-                raise _Interrupted(list(results.values()))
-            pool.shutdown(wait=True)
+        try:
+            futures = {pool.submit(self._build_one_safely, p, results[p.spec.name]): p for p in plans}
+            pending = set(futures)
+            while pending:
+                _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM: builder.cli.main raises it for both
+            self.interrupt()
+            pool.shutdown(wait=True, cancel_futures=True)
+            for result in results.values():
+                if result.status in ("pending", "running"):
+                    result.status = "interrupted"
+            raise _Interrupted(list(results.values()))
+        pool.shutdown(wait=True)
         return list(results.values())
 
     def _build_one_safely(self, p: Plan, result: rep.ImageResult) -> None:
@@ -334,24 +334,6 @@ def _last_line(text: str | None) -> str:
     return lines[-1] if lines else "no output"
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (CI cancelling the job) is handled like Ctrl-C: the builds run in their own
-    sessions, so without this they would go on as orphans."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class _Interrupted(Exception):
     def __init__(self, results):
         super().__init__("interrupted")
@@ -420,8 +402,14 @@ def build(
     log_dir: Path | None = None,
     reporter_factory: Callable[[list[str]], Reporter] = Reporter,
 ) -> list[rep.ImageResult]:
-    """Python entry point: build and tag the images; returns one result per image."""
+    """Python entry point: build and tag the images; returns one result per image. The engine is
+    asked first, so that no log folder is made for nothing when it does not answer."""
+    problem = engine_answers(client)
+    if problem:
+        raise BuilderError(engine_down_message(client.docker, problem))
     log_dir = prepare_log_dir(log_dir)
     plans = plan(root, specs, client, options, log_dir)
-    builder = Builder(client, options, log_dir, reporter_factory([p.spec.name for p in plans]))
-    return builder.run(plans)
+    reporter = reporter_factory([p.spec.name for p in plans])
+    reporter.note(f"building {len(plans)} image(s) with {client.describe()}, {options.jobs} at a time; "
+                  f"logs in {log_dir}")
+    return Builder(client, options, log_dir, reporter).run(plans)

@@ -8,7 +8,7 @@ import click
 
 from builder import build as b
 from builder import build_report as rep
-from builder.buildkit import DOCKER_ENV, engine_answers, engine_down_message, find_client
+from builder.buildkit import DOCKER_ENV, find_client
 from builder.errors import BuilderError
 
 
@@ -48,7 +48,7 @@ def build_cmd(state, names, all_, docker, network, cache_from, cache_to, buildx_
     SIGTERM; nothing half-built is tagged).
     """
     matrix = state.matrix()
-    specs = matrix.select(list(dict.fromkeys(names)), all_)  # a name given twice is built once
+    specs = matrix.select(names, all_)
     options = b.BuildOptions(network=network, cache_from=tuple(cache_from), cache_to=cache_to, no_cache=no_cache,
                              build_args=b.parse_build_args(build_args), jobs=jobs, size_gate=not no_size_gate,
                              builder=buildx_builder)
@@ -65,11 +65,6 @@ def build_cmd(state, names, all_, docker, network, cache_from, cache_to, buildx_
                        for p in plans]
             rep.write_report(report, planned, client.describe(), dry_run=True)
         return
-    problem = engine_answers(client)
-    if problem:  # before a log folder is made for nothing
-        raise BuilderError(engine_down_message(client.docker, problem))
-    log_dir = b.prepare_log_dir(log_dir)
-    click.echo(f"building {len(specs)} image(s) with {client.describe()}, {jobs} at a time; logs in {log_dir}", err=True)
     try:
         results = b.build(state.root, specs, client, options, log_dir)
     except b.Interrupted as stop:
