@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from builder import build_report as rep
+from builder.bake import build_args
 from builder.build_log import Progress, step_stanzas
 from builder.buildkit import Client, build_command, engine_answers, engine_down_message
 from builder.errors import BuilderError, UsageError
@@ -29,11 +30,10 @@ from builder.matrix import ImageSpec
 from builder.render import Renderer, dockerfile_path
 
 ARG_RE = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)", re.M)
-ARG_DEFAULT_RE = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)=(\S*)", re.M)
 # ARGs that carry a matrix component (version, wheel, checksum): the image's labels and smoke
 # expectations come from the matrix, so a --build-arg may not change them behind its back.
 COMPONENT_ARG_RE = re.compile(r"_(?:VERSION|WHEEL|SHA256)$")
-BUILD_ARG_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+BUILD_ARG_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)")  # fullmatch: a trailing newline is refused
 # BuildKit's own knobs may be passed although no Dockerfile declares them.
 BUILTIN_ARGS = {"BUILDKIT_INLINE_CACHE", "BUILDKIT_MULTI_PLATFORM", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
                 "FTP_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "ftp_proxy", "all_proxy"}
@@ -67,7 +67,7 @@ class Plan:
 def parse_build_args(values: Iterable[str]) -> tuple[tuple[str, str], ...]:
     out = []
     for value in values:
-        m = BUILD_ARG_RE.match(value)
+        m = BUILD_ARG_RE.fullmatch(value)
         if not m:
             raise UsageError(f"--build-arg {value!r}: expected NAME=VALUE")
         out.append((m.group(1), m.group(2)))
@@ -91,7 +91,7 @@ def plan(root: Path, specs: list[ImageSpec], client: Client, options: BuildOptio
             continue
         declared = set(ARG_RE.findall(text))
         declared_any |= declared
-        defaults = dict(ARG_DEFAULT_RE.findall(text))
+        defaults = build_args(text)
         # An override goes to the images that declare the ARG (one EFA version for the nvidia
         # images of a mixed selection); BuildKit's own knobs go to all.
         args = tuple((k, v) for k, v in options.build_args if k in declared or k in BUILTIN_ARGS)
@@ -385,9 +385,7 @@ def prepare_log_dir(log_dir: Path | None) -> Path:
             raise BuilderError(f"cannot create a temporary log folder ({exc.strerror}); set TMPDIR or pass --log-dir")
     log_dir = Path(log_dir)
     try:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=log_dir):
-            pass
+        rep.probe_writable(log_dir)
     except OSError as exc:
         raise UsageError(f"--log-dir {log_dir}: cannot write build logs there ({exc.strerror or exc}); "
                          "choose a writable folder")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from builder.build_log import history_stanzas
 from builder.errors import BuilderError, UsageError
+from builder.render import write_atomic
 
 
 @dataclass
@@ -125,15 +125,20 @@ def size_gate_message(name: str, gate: dict) -> str:
     return "\n".join(lines)
 
 
+def probe_writable(folder: Path) -> None:
+    """Create the folder and a file in it (removed at once); raises OSError when either fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
 def check_writable(path: Path, option: str = "--report") -> None:
     """Before anything is built: the report can be written there (else the hours of building
     end in a lost report)."""
     if path.is_dir():
         raise UsageError(f"{option} {path}: is a folder; give a file name")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
+        probe_writable(path.parent)
     except OSError as exc:
         raise UsageError(f"{option} {path}: cannot write there ({exc.strerror or exc}); choose a writable path")
 
@@ -146,15 +151,7 @@ def write_report(path: Path, results: list[ImageResult], client: str, dry_run: b
         "ok": all(r.ok for r in results) and not dry_run,
         "images": [asdict(r) for r in results],
     }
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(doc, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(doc, indent=2) + "\n")
     except OSError as exc:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
         raise BuilderError(f"--report {path}: cannot write the report ({exc.strerror or exc})")

@@ -162,6 +162,16 @@ def test_parse_build_args():
     assert b.parse_build_args(["A=1", "B="]) == (("A", "1"), ("B", ""))
     with pytest.raises(UsageError):
         b.parse_build_args(["nope"])
+    with pytest.raises(UsageError):  # a trailing newline is refused, not dropped
+        b.parse_build_args(["A=1\n"])
+
+
+def test_report_is_written_whole_and_readable(tmp_path):
+    path = tmp_path / "sub" / "report.json"
+    rep.check_writable(path)
+    rep.write_report(path, [rep.ImageResult("img", ["r/img:1"], status="built")], "docker")
+    assert json.loads(path.read_text())["ok"] and stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["report.json"]  # no probe or temp file left
 
 
 SMALL_MATRIX = """\
