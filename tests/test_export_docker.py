@@ -155,21 +155,22 @@ def test_tar_format_is_a_loadable_docker_save(tricky, tmp_path):
 
 
 def test_sidecar_of_a_reference_records_the_matrix_entry_from_the_title_label(tricky, tmp_path):
-    from types import SimpleNamespace
+    from matrix_samples import SOURCE, dump, matrix
 
-    from builder.commands.export import _entry_from_labels
-    from builder.export import ExportRequest, export_image
-
-    spec = SimpleNamespace(name="tricky", flavor="source", components={"nccl": "2.21.5"}, versions={"nccl": "2.21.5"},
-                           tags=("t",), refs=("team/tricky:t",), primary_ref="team/tricky:t")
-    (tmp_path / "matrix.yaml").write_text("images: []\n")
-    state = SimpleNamespace(matrix_path=tmp_path / "matrix.yaml",
-                            matrix=lambda: SimpleNamespace(find=lambda name: spec if name == "tricky" else None))
-    dest = tmp_path / "tricky.tar"
-    export_image(ExportRequest(ref=tricky, dest=dest, fmt="tar", matrix_lookup=_entry_from_labels(state)))
-    meta = json.loads((tmp_path / "tricky.tar.json").read_text())
-    assert meta["matrix"]["name"] == "tricky" and meta["components"]["nccl"] == "2.21.5"
-    assert meta["file"]["mtime_ns"] == dest.stat().st_mtime_ns
+    (tmp_path / "matrix.yaml").write_text(dump(matrix(dict(SOURCE, name="tricky"))))  # the image's title label
+    with_matrix = {"BUILDER_MATRIX": str(tmp_path / "matrix.yaml")}
+    bare = "builder-test-export-bare"  # a local image named by a bare word that is no matrix NAME
+    sup.docker("tag", tricky, bare)
+    try:
+        dest = tmp_path / "tricky.tar"
+        run_export(bare, "--to", str(dest), env=with_matrix)
+        meta = json.loads((tmp_path / "tricky.tar.json").read_text())
+        assert meta["matrix"]["name"] == "tricky" and meta["components"]["nccl"] == "2.21.5"
+        assert meta["file"]["mtime_ns"] == dest.stat().st_mtime_ns
+        mistyped = run_export("trickx", "--to", str(tmp_path / "x.tar"), env=with_matrix, check=False)
+        assert mistyped.returncode == 2 and "did you mean 'tricky'" in mistyped.stderr, mistyped.stderr
+    finally:
+        sup.docker("rmi", bare)
 
 
 def _wait_stopped(proc: subprocess.Popen, timeout: float = 120) -> None:

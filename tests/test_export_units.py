@@ -631,50 +631,81 @@ def test_references():
             validate_reference(bad)
 
 
-def _matrix_state(tmp_path):
-    from types import SimpleNamespace
+def _matrix(tmp_path):
+    from matrix_samples import SOURCE, dump, matrix
 
-    spec = SimpleNamespace(name="pt-efa", flavor="source", components={"nccl": "2.21.5"},
-                           versions={"nccl": "2.21.5", "cuda": "12.4.1"}, tags=("a", "b"),
-                           refs=("repo/pt:a", "repo/pt:b"), primary_ref="repo/pt:a")
-    (tmp_path / "matrix.yaml").write_text("images: []\n")
-    matrix = SimpleNamespace(find=lambda name: spec if name == spec.name else None, images=[spec],
-                             names=lambda: [spec.name])
-    return SimpleNamespace(matrix_path=tmp_path / "matrix.yaml", matrix=lambda: matrix)
+    from builder.matrix import load_matrix
+
+    path = tmp_path / "matrix.yaml"
+    path.write_text(dump(matrix(dict(SOURCE, name="pt-efa", repository="repo/pt", tags=["a", "b"]))))
+    return load_matrix(path)
 
 
 def test_matrix_name_resolves_to_its_primary_ref(tmp_path):
     from builder.commands.export import _resolve
 
-    state = _matrix_state(tmp_path)
-    ref, entry = _resolve(state, "pt-efa")
-    assert ref == "repo/pt:a" and entry["name"] == "pt-efa" and entry["components"]["cuda"] == "12.4.1"
-    assert _resolve(state, "some/other:image") == ("some/other:image", None)
-    assert _resolve(state, "busybox", image_exists=lambda ref: ref == "busybox") == ("busybox", None)
+    matrix = _matrix(tmp_path)
+    ref, entry = _resolve(matrix, "pt-efa")
+    assert ref == "repo/pt:a" and entry["name"] == "pt-efa" and entry["components"]["cuda"] == "12.1.1"
+    assert _resolve(matrix, "some/other:image") == ("some/other:image", None)
+    assert _resolve(matrix, "busybox") == ("busybox", None)  # a local image, or a mistyped NAME: the engine says
+    assert _resolve(None, "pt-efa") == ("pt-efa", None)
     with pytest.raises(UsageError):
-        _resolve(state, "Not An Image")
+        _resolve(matrix, "Not An Image")
 
 
 def test_registry_ref_of_a_matrix_image_records_its_entry(tmp_path):
     from builder.commands.export import _resolve
 
-    state = _matrix_state(tmp_path)
+    matrix = _matrix(tmp_path)
     for ref in ("123456789012.dkr.ecr.us-west-2.amazonaws.com/repo/pt:b", "localhost:5000/repo/pt:a", "repo/pt:b"):
-        got, entry = _resolve(state, ref)
+        got, entry = _resolve(matrix, ref)
         assert got == ref and entry["name"] == "pt-efa"
-    assert _resolve(state, "registry.example/repo/pt:other")[1] is None
+    assert _resolve(matrix, "registry.example/repo/pt:other")[1] is None
 
 
-def test_mistyped_name_is_a_usage_error_with_did_you_mean(tmp_path):
-    from builder.commands.export import _entry_from_labels, _resolve
+def test_entry_of_a_reference_from_its_title_label(tmp_path):
+    from builder.commands.export import _entry_lookup
 
-    state = _matrix_state(tmp_path)
-    with pytest.raises(UsageError, match=r"did you mean 'pt-efa'") as err:
-        _resolve(state, "pt-efx", image_exists=lambda ref: False)
-    assert err.value.exit_code == 2
-    lookup = _entry_from_labels(state)
+    lookup = _entry_lookup(_matrix(tmp_path))
     assert lookup({"org.opencontainers.image.title": "pt-efa"})["refs"] == ["repo/pt:a", "repo/pt:b"]
     assert lookup({"org.opencontainers.image.title": "other"}) is None and lookup({}) is None
+    assert _entry_lookup(None) is None
+
+
+def _export_cli(*args, env=None):
+    from click.testing import CliRunner
+
+    from builder.cli import cli
+
+    # No engine answers here: what is decided before the engine is asked shows in the exit code.
+    env = {"DOCKER_HOST": "unix:///nonexistent/docker.sock", "ENROOT_SQUASH_OPTIONS": "",
+           "ENROOT_MAX_PROCESSORS": "", **(env or {})}
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def test_an_invalid_matrix_fails_an_export_by_reference_too(tmp_path):
+    (tmp_path / "matrix.yaml").write_text("schema: 1\nimages: [{name: x}]\n")
+    result = _export_cli("--matrix", str(tmp_path / "matrix.yaml"), "export", "team/pt:1",
+                         "--to", str(tmp_path / "x.sqsh"))
+    assert result.exit_code == 2 and "matrix.yaml" in result.output, result.output
+    no_matrix = _export_cli("--matrix", str(tmp_path / "absent.yaml"), "export", "team/pt:1",
+                            "--to", str(tmp_path / "x.sqsh"))
+    assert no_matrix.exit_code == 1 and "cannot reach the Docker engine" in no_matrix.output
+
+
+def test_enroot_conf_is_read_for_an_sqsh_only(tmp_path, monkeypatch):
+    conf = tmp_path / "enroot.conf"
+    conf.write_text("ENROOT_RUNTIME_PATH /run/enroot/user-$(id -u)\nENROOT_SQUASH_OPTIONS -comp $(cat /c)\n")
+    monkeypatch.setattr(squash, "ENROOT_CONF", str(conf))
+    common = ("--matrix", str(tmp_path / "absent.yaml"), "export", "team/pt:1")
+    tar = _export_cli(*common, "--to", str(tmp_path / "x.tar"))
+    assert tar.exit_code == 1 and "cannot reach the Docker engine" in tar.output, tar.output
+    sqsh = _export_cli(*common, "--to", str(tmp_path / "x.sqsh"))
+    assert sqsh.exit_code == 2 and "enroot.conf:2: ENROOT_SQUASH_OPTIONS uses shell expansion" in sqsh.output
+    conf.write_text("ENROOT_RUNTIME_PATH /run/enroot/user-$(id -u)\n")
+    sqsh = _export_cli(*common, "--to", str(tmp_path / "x.sqsh"))
+    assert sqsh.exit_code == 1 and "cannot reach the Docker engine" in sqsh.output, sqsh.output
 
 
 def test_tar_settings_name_the_tag_written_into_it():

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import click
 
-from builder.errors import BuilderError, UsageError
+from builder.errors import UsageError
 
 
 def _entry(spec) -> dict:
@@ -21,87 +20,44 @@ def _entry(spec) -> dict:
     }
 
 
-def _without_registry(ref: str) -> str:
-    """'123.dkr.ecr.us-west-2.amazonaws.com/team/pt:tag' -> 'team/pt:tag' (docker's rule: the
-    first component is a registry host only if it has a '.' or ':' or is localhost)."""
-    first, sep, rest = ref.partition("/")
-    return rest if sep and ("." in first or ":" in first or first == "localhost") else ref
+def _bare(arg: str) -> bool:
+    """A bare word (no registry, repository path, tag or digest): a matrix NAME, or a local image."""
+    return not any(c in arg for c in ":/@")
 
 
-def _matrix(state):
-    """The matrix when there is one (None without a matrix file)."""
-    return state.matrix() if state.matrix_path.is_file() else None
-
-
-def _resolve(state, arg: str, image_exists=lambda ref: True) -> tuple[str, dict | None]:
-    """The image to export and its matrix entry.
+def _resolve(matrix, arg: str) -> tuple[str, dict | None]:
+    """The image to export and its matrix entry (None when not found here).
 
     NAME (a matrix image) gives its primary ref. An image reference is exported as given; its
     entry is the matrix image whose refs it names (with or without a registry host, as CI
-    exports ``$ECR_REGISTRY/<ref>``), else found later from the image's title label. A bare
-    word that is neither a matrix name nor a local image is a mistyped NAME: exit 2 with a
-    did-you-mean. ``image_exists(ref)`` asks the engine.
+    exports ``$ECR_REGISTRY/<ref>``), else found later from the image's title label.
     """
-    import difflib
-
     from builder.export import validate_reference
+    from builder.imageref import split_registry
 
-    bare = not any(c in arg for c in ":/@")
-    try:
-        matrix = _matrix(state)
-    except BuilderError:
-        if bare:
-            raise  # a NAME needs the matrix
-        matrix = None  # a broken matrix must not fail an export of a plain reference
-    if matrix is not None and bare:
+    if matrix is not None and _bare(arg):
         spec = matrix.find(arg)
         if spec is not None:
             return spec.primary_ref, _entry(spec)
     ref = validate_reference(arg)
     if matrix is not None:
-        plain = _without_registry(ref)
+        plain = split_registry(ref)[1]
         spec = next((s for s in matrix.images if plain in s.refs or ref in s.refs), None)
         if spec is not None:
             return ref, _entry(spec)
-        if bare and not image_exists(ref):
-            close = difflib.get_close_matches(arg, matrix.names(), n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else "; see 'builder list'"
-            raise UsageError(f"'{arg}' is neither an image of {state.matrix_path.name} nor an image in the Docker engine{hint}")
     return ref, None
 
 
-def _entry_from_labels(state):
-    """For an image given by reference: its matrix entry from its org.opencontainers.image.title
-    label (what builder build writes), when the matrix has that image."""
+def _entry_lookup(matrix):
+    """For an image given by reference: its matrix entry from its title label (what builder
+    build writes), when the matrix has that image."""
+    from builder.labels import spec_for_labels
 
     def lookup(labels):
-        title = labels.get("org.opencontainers.image.title")
-        if not title or not state.matrix_path.is_file():
-            return None
-        try:
-            spec = state.matrix().find(title)
-        except BuilderError:  # a broken matrix must not fail an export of a plain reference
-            return None
+        spec = spec_for_labels(matrix, labels)
         return _entry(spec) if spec is not None else None
 
-    return lookup
-
-
-def _engine_has(ref: str) -> bool:
-    from docker.errors import ImageNotFound
-
-    from builder.export import _docker_client
-
-    try:
-        _docker_client().images.get(ref)
-    except ImageNotFound:
-        return False
-    return True
-
-
-def _raise_interrupt(signum, _frame):
-    # SIGTERM (a CI job cancelled, scancel) unwinds like Ctrl-C, so temporaries are removed.
-    raise KeyboardInterrupt
+    return lookup if matrix is not None else None
 
 
 def register(cli: click.Group) -> None:
@@ -146,32 +102,44 @@ def register(cli: click.Group) -> None:
         Exit codes: 0 exported or already up to date; 1 the export failed (engine, disk full,
         permission, mksquashfs); 2 bad input (unknown image, bad option).
         """
-        from builder.export import ExportRequest, export_image, squash
+        from builder.export import ExportRequest, docker_client, export_image, find_image, squash
+        from builder.matrix import _did_you_mean
 
-        ref, entry = _resolve(state, image, _engine_has)
+        # A reference needs no matrix, but only when there is none: an invalid matrix is an
+        # error, never a quiet fallback (as in smoke).
+        matrix = state.matrix() if state.matrix_path.is_file() else None
+        ref, entry = _resolve(matrix, image)
         fmt = fmt or ("tar" if dest.suffix == ".tar" else "sqsh")
         if fmt == "tar" and (compression or squash_options or keep_owners or method != "native" or source_ != "layers"):
             raise UsageError("--format tar takes none of --compression, --squash-options, --keep-owners, --method, --source")
-        # Only an sqsh reads the squash settings (enroot.conf included); a tar has none.
-        choice = squash.choose(compression, squash_options, processors) if fmt == "sqsh" else None
+        squash_settings = {}
+        if fmt == "sqsh":  # only an sqsh reads the squash settings (enroot.conf included)
+            choice = squash.choose(compression, squash_options, processors)
+            squash_settings = {"squash_options": choice.options, "processors": choice.processors}
+        # The engine is asked only here, or by export_image after its checks of the destination.
+        client = found = None
+        if matrix is not None and entry is None and _bare(image):
+            client = docker_client()
+            found = find_image(client, ref)
+            if found is None:  # a mistyped NAME: exit 2 with a did-you-mean
+                raise UsageError(f"'{image}' is neither an image of {state.matrix_path.name} nor an image in the "
+                                 f"Docker engine{_did_you_mean(image, matrix.names())}; see 'builder list'")
         request = ExportRequest(
             ref=ref,
             dest=dest,
             fmt=fmt,
             method=method,
             source=source_,
-            **({"squash_options": choice.options, "processors": choice.processors} if choice else {}),
+            **squash_settings,
             keep_owners=keep_owners,
             force=force,
             work_dir=work_dir,
             matrix_entry=entry,
-            matrix_lookup=None if entry else _entry_from_labels(state),
+            matrix_lookup=None if entry else _entry_lookup(matrix),
         )
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
-            result = export_image(request, progress=lambda m: click.echo(m, err=True))
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        # Ctrl-C and SIGTERM (cli.main makes it a KeyboardInterrupt) unwind through export_image's
+        # clean-up: temporaries, work folder and containers are removed.
+        result = export_image(request, progress=lambda m: click.echo(m, err=True), client=client, image=found)
         if as_json:
             click.echo(json.dumps(result.as_dict(), indent=2, sort_keys=True))
         elif result.skipped:

@@ -110,7 +110,8 @@ def _pause(stage: str) -> None:
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def _docker_client():
+def docker_client():
+    """A Docker SDK client of the engine, checked to answer."""
     import docker
     from docker.errors import DockerException
 
@@ -124,20 +125,23 @@ def _docker_client():
     return client
 
 
-def _get_image(client, ref: str):
+def find_image(client, ref: str):
+    """The engine's image ``ref``, or None when the engine does not have it."""
     from docker.errors import APIError, ImageNotFound
 
     try:
         return client.images.get(ref)
     except ImageNotFound:
-        raise BuilderError(f"image {ref} is not in the Docker engine; build it (builder build) or docker load it first") from None
+        return None
     except APIError as exc:
         raise BuilderError(f"docker could not inspect {ref}: {exc.explanation or exc}") from None
 
 
 def export_image(request: ExportRequest, *, progress: Callable[[str], None] = lambda _m: None,
-                 client=None) -> ExportResult:
-    """Export ``request.ref`` to ``request.dest``; skip when the sidecar says it is current."""
+                 client=None, image=None) -> ExportResult:
+    """Export ``request.ref`` to ``request.dest``; skip when the sidecar says it is current.
+
+    client, image: the engine's client and ``request.ref``'s image, when the caller has them."""
     started = time.monotonic()
     dest = request.dest.absolute()
     if request.fmt not in FORMATS:
@@ -158,8 +162,12 @@ def export_image(request: ExportRequest, *, progress: Callable[[str], None] = la
         squash.find_mksquashfs()
     side = sidecar.sidecar_path(dest)
     atomic.check_writable_folder(dest, side)
-    client = client or _docker_client()
-    image = _get_image(client, request.ref)
+    client = client or docker_client()
+    if image is None:
+        image = find_image(client, request.ref)
+    if image is None:
+        raise BuilderError(f"image {request.ref} is not in the Docker engine; build it (builder build) or docker "
+                           "load it first")
 
     lock = atomic.DestinationLock(dest)
     if not lock.acquire(progress):
