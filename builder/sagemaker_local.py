@@ -18,6 +18,11 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from builder.matrix import ImageSpec
+    from builder.stanzas import Catalog
 
 PROGRAM = "builder_contract_train.py"
 CONTAINER_LABEL = "builder.smoke"
@@ -44,6 +49,17 @@ with open(os.path.join(model_dir, "model.json"), "w") as f:
     json.dump({"weight": w, "bias": my - w * mx, "epochs": args.epochs}, f)
 print("contract check: model written")
 '''
+
+
+def supports_contract(spec: "ImageSpec", catalog: "Catalog") -> bool:
+    """Whether the image has the `train` entry point the contract runs (`builder smoke
+    --sagemaker`, the CI matrix's `sagemaker`). The sagemaker-toolkit stanza installs it, in any
+    flavor that switches it on; a -sagemaker DLC base ships it, and counts where the flavor claims
+    the contract (flavor dlc, the only one extending DLC images)."""
+    if spec.has("sagemaker-toolkit"):
+        return True
+    dlc = spec.base.dlc
+    return catalog.flavors[spec.flavor].sagemaker and dlc is not None and dlc.variant == "sagemaker"
 
 
 @dataclass

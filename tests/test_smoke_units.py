@@ -306,11 +306,38 @@ def test_cli_smoke_bad_input_is_one_line(tmp_path, repo_root):
         assert result.exit_code == 2 and "bogus_key" in result.output, result.output
 
 
-def test_sagemaker_gate_per_image(bundled_matrix):
-    from builder.commands.smoke import sagemaker_capable
+def test_sagemaker_contract_support_per_flavor(bundled_matrix, repo_root):
+    """One rule for `smoke --sagemaker` and the CI matrix: the toolkit stanza in any flavor, or a
+    -sagemaker DLC base where the flavor claims the contract."""
+    from dataclasses import replace
+    from types import SimpleNamespace
 
+    from click.testing import CliRunner
+
+    from builder.cli import cli
+
+    catalog = bundled_matrix.catalog
+    supports = {s.name: sml.supports_contract(s, catalog) for s in bundled_matrix.images}
+    by_kind = {}
     for spec in bundled_matrix.images:
-        expected = spec.has("sagemaker-toolkit") or bool(spec.base.dlc and spec.base.dlc.variant == "sagemaker")
-        assert sagemaker_capable(spec) == expected
-    assert any(sagemaker_capable(s) for s in bundled_matrix.images)
-    assert any(s.flavor == "dlc" and not sagemaker_capable(s) for s in bundled_matrix.images)  # an -ec2 DLC
+        dlc = spec.base.dlc
+        kind = (spec.flavor, dlc.variant if dlc else None, spec.has("sagemaker-toolkit"))
+        by_kind.setdefault(kind, set()).add(supports[spec.name])
+    assert by_kind == {("source", None, True): {True},  # the toolkit stanza
+                       ("dlc", "sagemaker", False): {True},  # a -sagemaker DLC ships the toolkit
+                       ("dlc", "ec2", True): {True},  # an -ec2 DLC with the toolkit stanza
+                       ("dlc", "ec2", False): {False},  # an -ec2 DLC without it: no `train`
+                       ("nvidia", None, False): {False}}
+    # nvidia (no claim) with the toolkit switched on has `train` too.
+    nvidia = next(s for s in bundled_matrix.images if s.flavor == "nvidia")
+    toolkit = bundled_matrix.customize(nvidia.name, {"sagemaker_training": "4.8.1", "sagemaker_pytorch_training": "2.8.1"},
+                                       ["sagemaker-toolkit"])
+    assert not catalog.flavors["nvidia"].sagemaker and sml.supports_contract(toolkit, catalog)
+    # A -sagemaker DLC counts only where the flavor claims the contract.
+    dlc_sm = next(s for s in bundled_matrix.images if s.base.dlc and s.base.dlc.variant == "sagemaker")
+    unclaimed = SimpleNamespace(flavors={**catalog.flavors, "dlc": replace(catalog.flavors["dlc"], sagemaker=False)})
+    assert not sml.supports_contract(dlc_sm, unclaimed)
+    # `builder matrix` tells CI the same.
+    result = CliRunner().invoke(cli, ["--matrix", str(repo_root / "matrix.yaml"), "matrix"])
+    assert result.exit_code == 0, result.output
+    assert {e["name"]: e["sagemaker"] for e in json.loads(result.output)} == supports

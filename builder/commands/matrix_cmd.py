@@ -6,7 +6,7 @@
 Each entry says where its jobs run: ``runner`` (labels of a build node: source images compile
 PyTorch and need a large one) and ``gpu`` with ``gpu_runner`` (images with nccl-tests get a
 GPU smoke run). The labels are conventions of the example workflow; change them with options.
-``sagemaker`` says whether the flavor claims the SageMaker training contract (``builder smoke
+``sagemaker`` says whether the image runs the SageMaker training contract (``builder smoke
 --sagemaker``), and ``base_ecr_account``/``base_ecr_region`` name the ECR registry a base image
 is pulled from (DLC bases; empty otherwise), so a job can log in there before building.
 """
@@ -22,6 +22,7 @@ from builder.bake import target_name
 from builder.ecr import ECR_HOST_RE
 from builder.errors import BuilderError, UsageError
 from builder.matrix import ImageSpec
+from builder.sagemaker_local import supports_contract
 
 BUILD_LABELS = ("self-hosted", "linux", "x64", "image-builder")
 LARGE_LABEL = "large"  # PyTorch from source: many cores and a big disk
@@ -50,13 +51,6 @@ def ci_entry(spec: ImageSpec, build_labels=BUILD_LABELS, gpu_labels=GPU_LABELS, 
         "base_ecr_account": ecr["account"] if ecr else "",
         "base_ecr_region": ecr["region"] if ecr else "",
     }
-
-
-def runs_sagemaker(spec: ImageSpec, flavor_claims: bool) -> bool:
-    """Whether `builder smoke --sagemaker` applies: the flavor claims the training contract and
-    the image has the toolkit (a -sagemaker DLC ships it; otherwise the sagemaker-toolkit stanza)."""
-    dlc = spec.base.dlc
-    return flavor_claims and (spec.has("sagemaker-toolkit") or (dlc is not None and dlc.variant == "sagemaker"))
 
 
 def _labels(value: str | None, default: tuple[str, ...], option: str) -> tuple[str, ...]:
@@ -100,7 +94,7 @@ def matrix_cmd(state, names, fmt, flavors, gpu_only, output_name, allow_empty, b
         specs = [s for s in specs if s.flavor in flavors]
     build = _labels(build_labels, BUILD_LABELS, "--build-labels")
     gpu = _labels(gpu_labels, GPU_LABELS, "--gpu-labels")
-    entries = [ci_entry(s, build, gpu, runs_sagemaker(s, matrix.catalog.flavors[s.flavor].sagemaker)) for s in specs]
+    entries = [ci_entry(s, build, gpu, supports_contract(s, matrix.catalog)) for s in specs]
     if gpu_only:
         entries = [e for e in entries if e["gpu"]]
     if not entries and not allow_empty:

@@ -10,13 +10,6 @@ from builder import sagemaker_local
 from builder import smoke as sm
 from builder.buildkit import DOCKER_ENV, docker_path, engine_answers, engine_down_message
 from builder.errors import BuilderError, UsageError
-from builder.matrix import ImageSpec
-
-
-def sagemaker_capable(spec: ImageSpec) -> bool:
-    """The image has the SageMaker training toolkit (the `train` entry point): our stanza
-    installs it, or the base is a -sagemaker DLC, which ships it."""
-    return spec.has("sagemaker-toolkit") or (spec.base.dlc is not None and spec.base.dlc.variant == "sagemaker")
 
 
 def _looks_like_name(target: str) -> bool:
@@ -66,7 +59,7 @@ def smoke_cmd(state, target, image, sagemaker, as_json, docker):
     if sagemaker:
         if spec is None:
             raise UsageError(f"--sagemaker needs a matrix image: {ref} has no matching entry")
-        if not sagemaker_capable(spec):
+        if not sagemaker_local.supports_contract(spec, matrix.catalog):
             raise UsageError(f"{spec.name} does not claim SageMaker support: it has neither the sagemaker-toolkit "
                              "stanza nor a -sagemaker DLC base, so it has no `train` entry point")
     report = sm.smoke(docker, ref, spec)
