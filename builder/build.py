@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 from builder import build_report as rep
 from builder.bake import build_args
 from builder.build_log import Progress, step_stanzas
-from builder.buildkit import Client, build_command, engine_answers, engine_down_message
+from builder.buildkit import Client, build_command, engine_answers, engine_down_message, image_inspect
 from builder.errors import BuilderError, UsageError
 from builder.matrix import ImageSpec
 from builder.render import Renderer, dockerfile_path
@@ -281,9 +281,11 @@ class Builder:
             self._tag_all(image_id, list(p.spec.refs))
             result.image_id = image_id
             self._measure(p, result)
-        except subprocess.CalledProcessError as exc:
+        except (subprocess.CalledProcessError, BuilderError) as exc:
             result.status = "failed"
-            result.error = f"built {image_id[7:19]} but '{' '.join(exc.cmd[1:3])}' failed: {_last_line(exc.stderr)}"
+            what = (f"'{' '.join(exc.cmd[1:3])}' failed: {_last_line(exc.stderr)}"
+                    if isinstance(exc, subprocess.CalledProcessError) else str(exc))
+            result.error = f"built {image_id[7:19]} but {what}"
             self.reporter.update(name, f"FAILED after the build: {result.error}")
             return
         gate = result.size_gate
@@ -305,10 +307,7 @@ class Builder:
     def _tag_all(self, image_id: str, refs: list[str]) -> None:
         """All the matrix's tags, or none: when one fails, the tags already moved go back to
         where they pointed before (or are removed when they are new)."""
-        before = {}
-        for ref in refs:
-            proc = self._docker("image", "inspect", "--format", "{{.Id}}", ref, check=False)
-            before[ref] = proc.stdout.strip() if proc.returncode == 0 else None
+        before = {ref: (image_inspect(self.client.docker, ref) or {}).get("Id") for ref in refs}
         done = []
         try:
             for ref in refs:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from builder.build_log import history_stanzas
+from builder.buildkit import image_inspect
 from builder.errors import BuilderError, UsageError
 from builder.render import write_atomic
 
@@ -48,21 +49,27 @@ def human(size: int | None) -> str:
 
 
 def image_size(docker: str, image: str) -> int:
-    out = subprocess.run([docker, "image", "inspect", "--format", "{{.Size}}", image],
-                         capture_output=True, text=True, check=True).stdout
-    return int(out.strip())
+    doc = image_inspect(docker, image)
+    if doc is None:
+        raise BuilderError(f"'image inspect' found no image {image}")
+    return int(doc.get("Size") or 0)
 
 
 def history(docker: str, image: str) -> list[tuple[str, int]]:
-    """(created_by, size in bytes), oldest first."""
+    """(created_by, size in bytes), oldest first. CreatedBy comes JSON-quoted, one entry per line
+    even when a step (a heredoc RUN) spans several; raises CalledProcessError when unreadable."""
     out = subprocess.run(
-        [docker, "history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}", image],
-        capture_output=True, text=True, check=True,
+        [docker, "history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{json .CreatedBy}}", image],
+        capture_output=True, text=True, errors="replace", check=True,
     ).stdout
     rows = []
     for line in out.splitlines():
         size, _, created = line.partition("\t")
-        rows.append((created, int(size) if size.strip().isdigit() else 0))
+        try:
+            created = json.loads(created)
+        except ValueError:
+            pass  # not JSON after all: the raw text
+        rows.append((str(created), int(size) if size.strip().isdigit() else 0))
     return list(reversed(rows))
 
 

@@ -8,6 +8,7 @@ client is skipped with the reason recorded for the error message.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -123,6 +124,17 @@ def find_client(preferred: str | None = None) -> Client:
     detail = "; ".join(reasons) if reasons else "no docker binary on PATH"
     raise UsageError(f"no Docker client can build with BuildKit ({detail}); install docker-buildx "
                        f"or a docker client older than 23.0, and pass it with --docker or ${DOCKER_ENV}")
+
+
+def image_inspect(docker: str, ref: str) -> dict | None:
+    """`docker image inspect` of one image (Id, Size, Config with its Env and Labels), or None
+    when the engine has no such image. In its own session, so that a Ctrl-C meant for us cannot
+    kill it and make an existing tag look absent (build's all-or-none tagging relies on it)."""
+    proc = subprocess.run([docker, "image", "inspect", "--format", "{{json .}}", ref], capture_output=True,
+                          text=True, errors="replace", start_new_session=True)
+    if proc.returncode != 0:
+        return None
+    return json.loads(proc.stdout or "null") or {}
 
 
 def engine_answers(client: Client | str) -> str | None:

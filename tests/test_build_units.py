@@ -225,7 +225,7 @@ def test_progress_ignores_cached_steps_announced_out_of_order():
 
 FAKE_DOCKER = r'''#!{python}
 """Fake docker client (test fixture): state in $FAKE_STATE, behaviour from $FAKE_BUILD."""
-import os, signal, sys, time
+import json, os, signal, sys, time
 state = os.environ["FAKE_STATE"]
 args = sys.argv[1:]
 def key(ref): return os.path.join(state, "tag-" + ref.replace("/", "_").replace(":", "_"))
@@ -248,10 +248,10 @@ if args[0] == "build":
     sys.exit(0)
 if args[:2] == ["image", "inspect"]:
     ref = args[-1]
-    if "{{.Size}}" in args:
-        print(1000); sys.exit(0)
+    if ref.startswith("sha256:"):
+        print(json.dumps({"Id": ref, "Size": 1000})); sys.exit(0)
     if os.path.exists(key(ref)):
-        print(open(key(ref)).read()); sys.exit(0)
+        print(json.dumps({"Id": open(key(ref)).read(), "Size": 1000})); sys.exit(0)
     sys.exit(1)
 if args[0] == "tag":
     if args[2] in os.environ.get("FAKE_FAIL_TAG", "").split(","):
@@ -338,6 +338,14 @@ def test_worker_error_fails_the_image_not_the_run(fake_docker, tmp_path, bundled
     plans[0].argv[0] = str(tmp_path / "no-such-docker")
     [result] = b.Builder(client, b.BuildOptions(), tmp_path, _Quiet([spec.name])).run(plans)
     assert result.status == "failed" and result.error.startswith("cannot build:") and "no-such-docker" in result.error
+
+
+def test_history_keeps_a_multi_line_step_whole(tmp_path):
+    """A heredoc RUN spans lines: one history entry still, paired with its size (oldest first)."""
+    docker = tmp_path / "docker"
+    docker.write_text("#!/bin/sh\nprintf '%s\\t%s\\n' 12 '\"RUN <<EOF\\nset -e\\nEOF\"' 0 '\"ADD file:abc in /\"'\n")
+    docker.chmod(0o755)
+    assert rep.history(str(docker), "img") == [("ADD file:abc in /", 0), ("RUN <<EOF\nset -e\nEOF", 12)]
 
 
 def test_size_gate_names_the_largest_layers():
