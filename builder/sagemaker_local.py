@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from builder.smoke import CONTAINER_LABEL
+
 if TYPE_CHECKING:
     from builder.matrix import ImageSpec
     from builder.stanzas import Catalog
 
 PROGRAM = "builder_contract_train.py"
-CONTAINER_LABEL = "builder.smoke"
 HOST = "algo-1"
 RUN_TIMEOUT = 600
 

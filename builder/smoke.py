@@ -15,7 +15,6 @@ not failures. A scan that did not run to its end marker is a failure, never a pa
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
 import subprocess
 import uuid
@@ -26,8 +25,9 @@ from typing import Mapping
 from packaging.version import InvalidVersion, Version
 
 from builder import components as comp
+from builder.build_report import history
+from builder.buildkit import image_inspect
 from builder.errors import BuilderError, UsageError
-from builder.labels import image_title, spec_for_labels
 from builder.matrix import IMAGE_RE, ImageSpec
 from builder.render import Check, Renderer
 
@@ -57,7 +57,7 @@ CREDENTIAL_FILES = (
 # which the stanza's own comment warns about. Any other private key fails the scan.
 OPENSSH_KEYS = ("/root/.ssh/id_ed25519", "/etc/ssh/ssh_host_*_key")
 # Libraries the host supplies at run time (the NVIDIA container toolkit mounts the driver's):
-# an ldd check may tolerate them by name, never anything else.
+# an ldd check with driver_libs: true tolerates these, never anything else.
 DRIVER_LIBS = ("libcuda.so.1", "libnvidia-ml.so.1")
 
 # Prints "lib X.Y.Z PATH" (ncclGetVersion, and which libnccl the loader picked) or
@@ -157,6 +157,12 @@ rc=$?
 [ "$rc" -eq 0 ] || printf 'scan-error\tfind/grep exited %s\n' "$rc"
 printf '%s\n' """ + END + r"""
 """
+
+
+# "file<TAB>path" for each existing match of the glob $1, "link<TAB>path" for a dangling symlink.
+GLOB_SCRIPT = ('for p in $1; do if [ -e "$p" ]; then printf \'file\\t%s\\n\' "$p"; '
+               'elif [ -L "$p" ]; then printf \'link\\t%s\\n\' "$p"; fi; done\n'
+               f"printf '%s\\n' {END}\n")
 
 
 @dataclass
@@ -262,23 +268,22 @@ def token_env(env: list[str]) -> list[str]:
 BUILD_ARGS_RE = re.compile(r"^(?:RUN\s+)?\|(\d+)\s+(.*)$")
 
 
-def history_findings(created_by: list[str]) -> list[str]:
-    """Secrets in image history: build args recorded with RUN steps (BuildKit writes
+def history_findings(step: str) -> list[str]:
+    """Secrets in one image-history step: build args recorded with a RUN step (BuildKit writes
     'RUN |2 NAME=value ... cmd') and token-like values in any step but ENV (token_env sees those)."""
+    step = step.strip()
+    if step.startswith("ENV "):
+        return []
     out = []
-    for step in created_by:
-        step = step.strip()
-        if step.startswith("ENV "):
-            continue
-        m = BUILD_ARGS_RE.match(step)
-        if m:
-            for token in m.group(2).split()[: int(m.group(1))]:
-                name, _, value = token.partition("=")
-                if SECRET_ENV_RE.search(name) and value:
-                    out.append(f"build arg {name} is recorded in the image history (use RUN --mount=type=secret)")
-        for label, pattern in SECRET_VALUE_RES:
-            if pattern.search(step):
-                out.append(f"image history holds a {label}: {step[:60]}...")
+    m = BUILD_ARGS_RE.match(step)
+    if m:
+        for token in m.group(2).split()[: int(m.group(1))]:
+            name, _, value = token.partition("=")
+            if SECRET_ENV_RE.search(name) and value:
+                out.append(f"build arg {name} is recorded in the image history (use RUN --mount=type=secret)")
+    for label, pattern in SECRET_VALUE_RES:
+        if pattern.search(step):
+            out.append(f"image history holds a {label}: {step[:60]}...")
     return out
 
 
@@ -312,10 +317,9 @@ class Scan:
         return cls(lines, "; ".join(errors) or None)
 
 
-def scan_findings(scan: Scan, allowed: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-    """(kind, path) of a hygiene scan, minus allowed paths."""
-    return [(kind, path) for kind, path in scan.lines
-            if kind != "match" and not any(fnmatch.fnmatchcase(path, pattern) for pattern in allowed)]
+def scan_findings(scan: Scan) -> list[tuple[str, str]]:
+    """(kind, path) of a hygiene scan."""
+    return [(kind, path) for kind, path in scan.lines if kind != "match"]
 
 
 def secret_findings(scan: Scan, allowed: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
@@ -393,6 +397,13 @@ class Container:
     def script(self, text: str, *args: str, timeout: float = EXEC_TIMEOUT) -> Scan:
         return Scan.parse(self.exec(["/bin/sh", "-c", text, "sh", *args], timeout=timeout))
 
+    def glob(self, pattern: str, dangling: bool = False) -> tuple[list[str], str | None]:
+        """Paths in the container matching a shell glob (with dangling symlinks when asked), and
+        the error when the listing did not run to its end."""
+        scan = self.script(GLOB_SCRIPT, pattern)
+        kinds = ("file", "link") if dangling else ("file",)
+        return [p for kind, p in scan.lines if kind in kinds], scan.error
+
     def checksums(self, paths: list[str]) -> dict[str, str]:
         sums: dict[str, str] = {}
         for i in range(0, len(paths), 200):
@@ -405,16 +416,10 @@ def _last(text: str | None, limit: int = 300) -> str:
     return (lines[-1] if lines else "")[:limit]
 
 
-def image_config(docker: str, ref: str) -> dict | None:
-    """The image's config, or None when the engine has no such image."""
-    proc = _docker_run([docker, "image", "inspect", "--format", "{{json .Config}}", ref])
-    if proc.returncode != 0:
-        return None
-    return json.loads(proc.stdout or "null") or {}
-
-
-def image_exists(docker: str, ref: str) -> bool:
-    return _docker_run([docker, "image", "inspect", "--format", "{{.Id}}", ref]).returncode == 0
+def missing_image(image: str, spec: ImageSpec | None) -> BuilderError:
+    hint = ("build it first ('builder build NAME')" if spec is not None
+            else "not an image of the matrix either (see 'builder list')")
+    return BuilderError(f"image {image} not found in the engine; {hint}")
 
 
 def base_candidates(labels: Mapping[str, str], spec: ImageSpec | None) -> list[str]:
@@ -445,19 +450,19 @@ class Finding:
 
 
 class Smoker:
-    def __init__(self, docker: str, image: str, spec: ImageSpec | None):
+    def __init__(self, docker: str, image: str, spec: ImageSpec | None, config: dict | None = None):
+        """config: the image's inspected Config when the caller has it already."""
         self.docker, self.image, self.spec = docker, image, spec
-        self.config: dict = {}
+        self.config = config
         self.python: str | None = None
 
     def run(self) -> SmokeReport:
         report = SmokeReport(self.image, self.spec.name if self.spec else None)
-        config = image_config(self.docker, self.image)
-        if config is None:
-            hint = ("build it first ('builder build NAME')" if self.spec is not None
-                    else "not an image of the matrix either (see 'builder list')")
-            raise BuilderError(f"image {self.image} not found in the engine; {hint}")
-        self.config = config
+        if self.config is None:
+            inspected = image_inspect(self.docker, self.image)
+            if inspected is None:
+                raise missing_image(self.image, self.spec)
+            self.config = inspected.get("Config") or {}
         checks: list[Check] = []
         if self.spec is not None:
             rendered = Renderer().render(self.spec)
@@ -493,13 +498,15 @@ class Smoker:
         for entry in self.config.get("Env") or []:
             out += [Finding("credentials", "env", None, why, env_entry=entry) for why in token_env([entry])]
         for index, step in enumerate(self._history(self.image)):
-            out += [Finding("credentials", "history", None, why, history_step=index) for why in history_findings([step])]
+            out += [Finding("credentials", "history", None, why, history_step=index) for why in history_findings(step)]
         return out
 
     def _history(self, ref: str) -> list[str]:
         """CreatedBy of each history entry, oldest first ([] when unreadable)."""
-        proc = _docker_run([self.docker, "history", "--no-trunc", "--format", "{{.CreatedBy}}", ref])
-        return list(reversed(proc.stdout.splitlines())) if proc.returncode == 0 else []
+        try:
+            return [created for created, _ in history(self.docker, ref)]
+        except subprocess.CalledProcessError:
+            return []
 
     def _judge(self, findings: list[Finding], report: SmokeReport) -> list[CheckResult]:
         """FAIL for the image's own findings, WARN for those the base image already has."""
@@ -522,12 +529,16 @@ class Smoker:
         if not candidates:
             return set(), ("no base image known (no org.opencontainers.image.base.name label, no matrix entry): "
                            "every finding is judged as the image's own")
-        base = next((ref for ref in candidates if image_exists(self.docker, ref)), None)
+        base, base_config = None, {}
+        for ref in candidates:
+            inspected = image_inspect(self.docker, ref)
+            if inspected is not None:
+                base, base_config = ref, inspected.get("Config") or {}
+                break
         report.base = base or candidates[0]
         if base is None:
             return set(), (f"base image {candidates[0]} is not in the engine: every finding is judged as the image's "
                            "own (pull or load the base to tell inherited findings apart)")
-        base_config = image_config(self.docker, base) or {}
         base_env = set(base_config.get("Env") or [])
         base_steps = len(self._history(base))
         inherited = {i for i, f in enumerate(findings)
@@ -598,11 +609,9 @@ class Smoker:
         return state == "present", "" if state == "present" else "missing"
 
     def _file_absent(self, path):
-        scan = self.box.script('for p in $1; do if [ -e "$p" ] || [ -L "$p" ]; then printf \'present\\t%s\\n\' "$p"; fi; done\n'
-                               f"printf '%s\\n' {END}\n", path)
-        if scan.error:
-            return False, f"cannot check: {scan.error}"
-        found = [p for kind, p in scan.lines if kind == "present"]
+        found, error = self.box.glob(path, dangling=True)
+        if error:
+            return False, f"cannot check: {error}"
         return not found, "" if not found else f"present: {' '.join(found[:5])}"
 
     def _file_contains(self, path, text):
@@ -626,18 +635,16 @@ class Smoker:
             return False, "no python or python3 in the image"
         return self._command([self.python, "-c", code], stdout_contains)
 
-    def _ldd(self, path, allow=(), torch_lib=False):
-        """Every dependency resolves (allow: driver libraries the host mounts at run time). path
-        may be a glob (every match is checked, and there must be one); torch_lib adds torch's
-        lib folder to the search path, as for an extension loaded after `import torch`."""
-        allow = tuple(a for a in allow if a in DRIVER_LIBS)
+    def _ldd(self, path, driver_libs=False, torch_lib=False):
+        """Every dependency resolves (driver_libs: but DRIVER_LIBS, which the host mounts at run
+        time). path may be a glob (every match is checked, and there must be one); torch_lib adds
+        torch's lib folder to the search path, as for an extension loaded after `import torch`."""
+        allow = DRIVER_LIBS if driver_libs else ()
         files = [path]
         if any(c in path for c in "*?["):
-            scan = self.box.script('for p in $1; do [ -e "$p" ] && printf \'file\\t%s\\n\' "$p"; done\n'
-                                   f"printf '%s\\n' {END}\n", path)
-            if scan.error:
-                return False, f"cannot list {path}: {scan.error}"
-            files = [p for kind, p in scan.lines if kind == "file"]
+            files, error = self.box.glob(path)
+            if error:
+                return False, f"cannot list {path}: {error}"
             if not files:
                 return False, f"no file matches {path}"
         env = {}
@@ -728,22 +735,15 @@ def resolve(matrix, arg: str, image: str | None = None) -> tuple[ImageSpec | Non
         if matrix is not None:
             matrix.get(arg)  # raises with a did-you-mean
         raise UsageError(f"no image named '{arg}' in the matrix (with --image, the argument is a matrix name)")
-    if not IMAGE_RE.match(arg):
+    if not IMAGE_RE.fullmatch(arg):  # whole: a trailing newline is refused
         raise UsageError(f"'{arg}' is neither an image of the matrix nor a valid image reference")
     return None, arg
 
 
-def title_label(docker: str, ref: str) -> str | None:
-    return image_title((image_config(docker, ref) or {}).get("Labels"))
-
-
-def spec_from_labels(matrix, docker: str, ref: str) -> ImageSpec | None:
-    return spec_for_labels(matrix, (image_config(docker, ref) or {}).get("Labels")) if matrix is not None else None
-
-
-def smoke(docker: str, image: str, spec: ImageSpec | None) -> SmokeReport:
-    """Python entry point: every check of the image; never raises for a failing check."""
-    return Smoker(docker, image, spec).run()
+def smoke(docker: str, image: str, spec: ImageSpec | None, config: dict | None = None) -> SmokeReport:
+    """Python entry point: every check of the image; never raises for a failing check. config:
+    the image's inspected Config, when the caller has it (else it is inspected here)."""
+    return Smoker(docker, image, spec, config).run()
 
 
 def format_text(report: SmokeReport) -> str:
@@ -754,4 +754,4 @@ def format_text(report: SmokeReport) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["smoke", "resolve", "spec_from_labels", "format_text", "SmokeReport", "CheckResult"]
+__all__ = ["smoke", "resolve", "format_text", "SmokeReport", "CheckResult"]

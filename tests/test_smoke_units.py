@@ -58,7 +58,7 @@ def test_token_env():
 def test_history_findings():
     steps = ["/bin/sh -c #(nop) ADD file:abc in /", "RUN |2 HF_TOKEN=hf_x MODE=fast /bin/sh -c make",
              "RUN |1 MODE=fast /bin/sh -c echo AKIAQWERTYUIOPASDFGH > /etc/x", "ENV API_TOKEN=abc"]
-    found = sm.history_findings(steps)
+    found = [f for step in steps for f in sm.history_findings(step)]
     assert any("build arg HF_TOKEN" in f for f in found)
     assert any("AWS access key id" in f for f in found)
     assert not any("build arg MODE" in f or "API_TOKEN" in f for f in found)
@@ -96,17 +96,15 @@ def test_a_scan_that_did_not_finish_is_an_error():
     assert [(r.stanza, r.kind, r.ok) for r in results] == [("hygiene", "scan", False)]
 
 
-class FakeBox:
-    """Stands in for the container when only the exit status and output matter."""
+class FakeBox(sm.Container):
+    """Stands in for the container when only the exit status and output matter: every exec
+    (scripts and globs too) gives the same result."""
 
     def __init__(self, rc: int, stdout: str = "", stderr: str = ""):
         self.proc = subprocess.CompletedProcess([], rc, stdout, stderr)
 
     def exec(self, argv, timeout=None, env=None):
         return self.proc
-
-    def script(self, text, *args, timeout=None):
-        return sm.Scan.parse(self.proc)
 
 
 def test_file_checks_fail_when_the_exec_failed():
@@ -162,6 +160,18 @@ def test_secrets_script_on_files(tmp_path):
     assert found == {("private-key", "/workspace/key.pem"), ("private-key", "/opt/app/tests/id_rsa"),
                      ("credential-file", "/srv/app/.env"), ("credential-file", "/home/ubuntu/.aws/credentials"),
                      ("aws-key", "/usr/share/cfg")}
+
+
+def test_glob_script_lists_matches_and_dangling_links(tmp_path):
+    (tmp_path / "libA.so.1").write_text("")
+    (tmp_path / "libB.so").symlink_to(tmp_path / "gone.so")
+    result = sm.Scan.parse(subprocess.run(["/bin/sh", "-c", sm.GLOB_SCRIPT, "sh", f"{tmp_path}/lib*.so*"],
+                                          capture_output=True, text=True))
+    assert result.error is None
+    assert sorted(result.lines) == [("file", f"{tmp_path}/libA.so.1"), ("link", f"{tmp_path}/libB.so")]
+    none = sm.Scan.parse(subprocess.run(["/bin/sh", "-c", sm.GLOB_SCRIPT, "sh", f"{tmp_path}/nothing*"],
+                                        capture_output=True, text=True))
+    assert none.error is None and none.lines == []
 
 
 def test_hygiene_script_finds_leftovers(tmp_path):
@@ -227,6 +237,8 @@ def test_resolve_target(bundled_matrix):
     assert sm.resolve(bundled_matrix, "registry.local:5000/team/img:tag") == (None, "registry.local:5000/team/img:tag")
     with pytest.raises(UsageError):
         sm.resolve(bundled_matrix, "Not An Image!")
+    with pytest.raises(UsageError):  # matched whole: a trailing newline is refused
+        sm.resolve(bundled_matrix, "registry.local:5000/team/img:tag\n")
     with pytest.raises(UsageError):
         sm.resolve(bundled_matrix, "nope", "x:1")
 

@@ -8,8 +8,9 @@ import click
 
 from builder import sagemaker_local
 from builder import smoke as sm
-from builder.buildkit import DOCKER_ENV, docker_path, engine_answers, engine_down_message
+from builder.buildkit import DOCKER_ENV, docker_path, engine_answers, engine_down_message, image_inspect
 from builder.errors import BuilderError, UsageError
+from builder.labels import image_title, spec_for_labels
 
 
 def _looks_like_name(target: str) -> bool:
@@ -45,13 +46,15 @@ def smoke_cmd(state, target, image, sagemaker, as_json, docker):
     problem = engine_answers(docker)
     if problem:
         raise BuilderError(engine_down_message(docker, problem))
+    inspected = image_inspect(docker, ref)  # once: whether it exists, its title label, its config
+    config = (inspected or {}).get("Config") or {}
     no_entry = None
     if spec is None:
-        if matrix is not None and _looks_like_name(target) and not sm.image_exists(docker, ref):
+        if matrix is not None and _looks_like_name(target) and inspected is None:
             matrix.get(target)  # a mistyped NAME: exit 2 with a did-you-mean
-        spec = sm.spec_from_labels(matrix, docker, ref)
+        spec = spec_for_labels(matrix, config.get("Labels"))
         if spec is None:
-            title = sm.title_label(docker, ref)
+            title = image_title(config.get("Labels"))
             no_entry = (f"no matrix entry for {ref}"
                         + (f" (title label '{title}' is not an image of {state.matrix_path.name})" if title and matrix
                            else " (no matrix)" if matrix is None else " (no org.opencontainers.image.title label)")
@@ -62,7 +65,9 @@ def smoke_cmd(state, target, image, sagemaker, as_json, docker):
         if not sagemaker_local.supports_contract(spec, matrix.catalog):
             raise UsageError(f"{spec.name} does not claim SageMaker support: it has neither the sagemaker-toolkit "
                              "stanza nor a -sagemaker DLC base, so it has no `train` entry point")
-    report = sm.smoke(docker, ref, spec)
+    if inspected is None:
+        raise sm.missing_image(ref, spec)
+    report = sm.smoke(docker, ref, spec, config)
     if no_entry:
         report.results.insert(0, sm.CheckResult("matrix", "entry", {"image": ref}, True, no_entry, warn=True))
     doc = report.to_dict()
