@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 from builder import build_report as rep
 from builder.bake import build_args
 from builder.build_log import Progress, step_stanzas
-from builder.buildkit import Client, build_command, engine_answers, engine_down_message, image_inspect
+from builder.buildkit import Client, build_command, engine_answers, engine_down_message, image_inspect, last_line
 from builder.errors import BuilderError, UsageError
 from builder.matrix import ImageSpec
 from builder.render import Renderer, dockerfile_path
@@ -283,7 +283,7 @@ class Builder:
             self._measure(p, result)
         except (subprocess.CalledProcessError, BuilderError) as exc:
             result.status = "failed"
-            what = (f"'{' '.join(exc.cmd[1:3])}' failed: {_last_line(exc.stderr)}"
+            what = (f"'{' '.join(exc.cmd[1:3])}' failed: {last_line(exc.stderr) or 'no output'}"
                     if isinstance(exc, subprocess.CalledProcessError) else str(exc))
             result.error = f"built {image_id[7:19]} but {what}"
             self.reporter.update(name, f"FAILED after the build: {result.error}")
@@ -326,11 +326,6 @@ class Builder:
         result.layers = rep.layer_sizes(p.text, rep.history(self.client.docker, result.image_id))
         result.stanza_sizes = rep.per_stanza(result.layers)
         result.size_gate = rep.size_gate(result.size, p.spec.size_baseline, p.spec.size_tolerance, result.layers)
-
-
-def _last_line(text: str | None) -> str:
-    lines = [line for line in (text or "").splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
 
 
 class _Interrupted(Exception):

@@ -126,6 +126,13 @@ def find_client(preferred: str | None = None) -> Client:
                        f"or a docker client older than 23.0, and pass it with --docker or ${DOCKER_ENV}")
 
 
+def last_line(text: str | None, limit: int = 300) -> str:
+    """The last non-blank line of a command's output (what says why it failed), at most limit
+    characters; "" when there is none."""
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1][:limit] if lines else ""
+
+
 def image_inspect(docker: str, ref: str) -> dict | None:
     """`docker image inspect` of one image (Id, Size, Config with its Env and Labels), or None
     when the engine has no such image. In its own session, so that a Ctrl-C meant for us cannot
@@ -148,8 +155,7 @@ def engine_answers(client: Client | str) -> str | None:
         return str(exc)
     if proc.returncode == 0 and proc.stdout.strip():
         return None
-    lines = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
-    return lines[-1] if lines else f"docker version exited {proc.returncode}"
+    return last_line(proc.stderr or proc.stdout) or f"docker version exited {proc.returncode}"
 
 
 def engine_down_message(docker: str, problem: str) -> str:

@@ -26,7 +26,7 @@ from packaging.version import InvalidVersion, Version
 
 from builder import components as comp
 from builder.build_report import history
-from builder.buildkit import image_inspect
+from builder.buildkit import image_inspect, last_line
 from builder.errors import BuilderError, UsageError
 from builder.matrix import IMAGE_RE, ImageSpec
 from builder.render import Check, Renderer
@@ -312,8 +312,8 @@ class Scan:
             errors.append(f"exit {proc.returncode}")
         elif not complete:
             errors.append("stopped before its end")
-        if errors and _last(proc.stderr):
-            errors.append(_last(proc.stderr))
+        if errors and last_line(proc.stderr):
+            errors.append(last_line(proc.stderr))
         return cls(lines, "; ".join(errors) or None)
 
 
@@ -376,7 +376,7 @@ class Container:
             raise
         if proc.returncode != 0:
             self.remove()
-            raise BuilderError(f"cannot start a container of {self.image}: {_last(proc.stderr)} "
+            raise BuilderError(f"cannot start a container of {self.image}: {last_line(proc.stderr)} "
                                "(the smoke checks need /bin/sh in the image)")
         return self
 
@@ -409,11 +409,6 @@ class Container:
         for i in range(0, len(paths), 200):
             sums.update(parse_cksum(self.exec(["cksum", "--", *paths[i:i + 200]]).stdout))
         return sums
-
-
-def _last(text: str | None, limit: int = 300) -> str:
-    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else "")[:limit]
 
 
 def missing_image(image: str, spec: ImageSpec | None) -> BuilderError:
@@ -605,7 +600,7 @@ class Smoker:
         proc = self.box.exec(["/bin/sh", "-c", 'if [ -e "$1" ]; then echo present; else echo absent; fi', "sh", path])
         state = proc.stdout.strip()
         if proc.returncode != 0 or state not in ("present", "absent"):
-            return False, f"cannot check: exit {proc.returncode}: {_last(proc.stderr)}"
+            return False, f"cannot check: exit {proc.returncode}: {last_line(proc.stderr)}"
         return state == "present", "" if state == "present" else "missing"
 
     def _file_absent(self, path):
@@ -617,17 +612,17 @@ class Smoker:
     def _file_contains(self, path, text):
         proc = self.box.exec(["/bin/sh", "-c", 'cat "$1"', "sh", path])
         if proc.returncode != 0:
-            return False, f"cannot read {path}: {_last(proc.stderr)}"
+            return False, f"cannot read {path}: {last_line(proc.stderr)}"
         if contains(proc.stdout, text):
             return True, ""
-        return False, f"{text!r} not in {path} (first line: {_last(proc.stdout.splitlines()[0] if proc.stdout else '')!r})"
+        return False, f"{text!r} not in {path} (first line: {last_line(proc.stdout.splitlines()[0] if proc.stdout else '')!r})"
 
     def _command(self, argv, stdout_contains=None):
         proc = self.box.exec(list(argv))
         if proc.returncode != 0:
-            return False, f"exit {proc.returncode}: {_last(proc.stderr or proc.stdout)}"
+            return False, f"exit {proc.returncode}: {last_line(proc.stderr or proc.stdout)}"
         if stdout_contains is not None and not contains(proc.stdout, stdout_contains):
-            return False, f"output lacks {stdout_contains!r}: {_last(proc.stdout)!r}"
+            return False, f"output lacks {stdout_contains!r}: {last_line(proc.stdout)!r}"
         return True, ""
 
     def _python(self, code, stdout_contains=None):
@@ -658,7 +653,7 @@ class Smoker:
         for file in files:
             proc = self.box.exec(["ldd", file], env=env)
             if proc.returncode != 0:
-                problems.append(f"{file}: ldd failed ({_last(proc.stderr or proc.stdout)}): missing, or not a dynamic library")
+                problems.append(f"{file}: ldd failed ({last_line(proc.stderr or proc.stdout)}): missing, or not a dynamic library")
                 continue
             missing = parse_ldd(proc.stdout, allow)
             if missing:
@@ -682,7 +677,7 @@ class Smoker:
         lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1:] for line in proc.stdout.splitlines() if line.strip()}
         first = next((k for k in ("lib", "header") if k in lines), None)
         if proc.returncode != 0 or (first is None and "none" not in lines):
-            return False, f"the NCCL probe failed: exit {proc.returncode}: {_last(proc.stderr)}"
+            return False, f"the NCCL probe failed: exit {proc.returncode}: {last_line(proc.stderr)}"
         problems, seen = [], []
         if first is None:
             problems.append("no loadable libnccl.so.2 and no nccl.h found")
