@@ -79,7 +79,8 @@ def registry(tmp_path_factory):
 
 def test_registry_reference_not_in_the_engine_is_pulled(image, registry, tmp_path):
     from builder.errors import BuilderError
-    from builder.nccl.run import ensure_image, image_exists
+    from builder.buildkit import image_inspect
+    from builder.nccl.run import ensure_image
 
     client, tag = image
     ref = f"127.0.0.1:{registry.port}/nccl-stand-in:{tag.rsplit(':', 1)[1]}"
@@ -87,13 +88,13 @@ def test_registry_reference_not_in_the_engine_is_pulled(image, registry, tmp_pat
     pushed = subprocess.run([client, "push", ref], capture_output=True, text=True)
     assert pushed.returncode == 0, pushed.stderr
     subprocess.run([client, "rmi", ref], check=True, capture_output=True)  # our tag only; the image stays
-    assert not image_exists(client, ref)
+    assert image_inspect(client, ref) is None
     dry = builder_cli("nccl", "run", ref, "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0 and dry.stdout.splitlines()[0] == f"{client} pull {ref}"
     said = []
     try:
         ensure_image(client, ref, progress=said.append)
-        assert image_exists(client, ref) and said == [f"pulling {ref} ..."]
+        assert image_inspect(client, ref) is not None and said == [f"pulling {ref} ..."]
     finally:
         subprocess.run([client, "rmi", ref], capture_output=True)
     with pytest.raises(BuilderError) as exc:

@@ -311,8 +311,8 @@ def test_matrix_entries_for_the_bundled_matrix(bundled_matrix):
         assert entry["gpu"] == ("nccl-tests" in spec.stanzas)
         assert entry["gpu_runner"] == (["self-hosted", "linux", "x64", "gpu"] if entry["gpu"] else [])
         dlc = spec.base.dlc
-        assert entry["sagemaker"] == (spec.flavor != "nvidia" and (spec.has("sagemaker-toolkit")
-                                                                 or (dlc is not None and dlc.variant == "sagemaker")))
+        # The toolkit stanza (any flavor) or a -sagemaker DLC base (only the dlc flavor has DLC bases).
+        assert entry["sagemaker"] == (spec.has("sagemaker-toolkit") or (dlc is not None and dlc.variant == "sagemaker"))
         if spec.flavor == "dlc":
             host = spec.base_image.split("/")[0]
             assert host == f"{entry['base_ecr_account']}.dkr.ecr.{entry['base_ecr_region']}.amazonaws.com"

@@ -28,7 +28,7 @@ BUILD_LABELS = ("self-hosted", "linux", "x64", "image-builder")
 LARGE_LABEL = "large"  # PyTorch from source: many cores and a big disk
 GPU_LABELS = ("self-hosted", "linux", "x64", "gpu")
 LARGE_FLAVORS = ("source",)
-OUTPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+OUTPUT_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")  # matched whole: it becomes a line of $GITHUB_OUTPUT
 
 
 def ci_entry(spec: ImageSpec, build_labels=BUILD_LABELS, gpu_labels=GPU_LABELS, sagemaker: bool = False) -> dict:
@@ -86,7 +86,7 @@ def matrix_cmd(state, names, fmt, flavors, gpu_only, output_name, allow_empty, b
     With no NAME, every image of the matrix. Exit codes: 0 printed; 2 unknown image or bad option;
     1 no image left after --flavor/--gpu-only without --allow-empty (GitHub fails an empty matrix).
     """
-    if not OUTPUT_NAME_RE.match(output_name):
+    if not OUTPUT_NAME_RE.fullmatch(output_name):
         raise UsageError(f"--output-name {output_name!r}: letters, digits, _ and - only")
     matrix = state.matrix()
     specs = matrix.select(names, all_=not names)

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from builder.errors import UsageError
+from builder.buildkit import docker_path
 from builder.nccl import EXIT_FAIL, EXIT_NO_RESULTS, EXIT_PASS
 from builder.nccl.instances import INSTANCES, get_instance
 from builder.nccl.judge import judge as judge_run
@@ -232,13 +233,11 @@ def run_cmd(state, target, collectives, min_bytes, max_bytes, factor, iters, war
     )
     inst = _instance(instance)
     image = _resolve_image(state, target)
-    docker = runner.docker_binary()
+    docker = docker_path()
     devices = runner.efa_devices()
 
     if dry_run:
-        if not runner.image_exists(docker, image):
-            if not runner.is_registry_ref(image):
-                runner.ensure_image(docker, image)  # raises the one-line 'not in the local engine' error
+        if runner.needs_pull(docker, image):
             click.echo(shlex.join([docker, "pull", image]))
         count = gpus or runner.gpu_count() or 1
         for coll in opts.collectives:

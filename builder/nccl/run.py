@@ -20,6 +20,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.buildkit import image_inspect, last_line
 from builder.errors import BuilderError, UsageError
 from builder.imageref import split_registry
 
@@ -70,13 +71,6 @@ class RunOptions:
     extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
 
-def docker_binary() -> str:
-    found = os.environ.get("BUILDER_DOCKER") or shutil.which("docker")
-    if not found:
-        raise BuilderError("no docker client found: install Docker (docker.io) or set BUILDER_DOCKER")
-    return found
-
-
 def gpu_count() -> int:
     """GPUs on this host per nvidia-smi (0 without a driver)."""
     smi = shutil.which("nvidia-smi")
@@ -104,26 +98,28 @@ def efa_devices() -> list[str]:
     return sorted(glob.glob("/dev/infiniband/uverbs*"))
 
 
-def image_exists(docker: str, ref: str) -> bool:
-    proc = subprocess.run([docker, "image", "inspect", ref], capture_output=True, text=True)
-    return proc.returncode == 0
-
-
 def is_registry_ref(ref: str) -> bool:
     """A reference naming its registry ('123.dkr.ecr.us-east-1.amazonaws.com/img:1', 'host:5000/img',
     'localhost/img'): only those are pulled, so a mistyped local name never goes to Docker Hub."""
     return split_registry(ref)[0] is not None
 
 
-def ensure_image(docker: str, ref: str, progress=None, timeout: int = 3600) -> None:
-    """The image is in the local engine afterwards, pulled when it is a registry reference."""
-    if image_exists(docker, ref):
-        return
+def needs_pull(docker: str, ref: str) -> bool:
+    """True when the image must be pulled first; a local name the engine lacks is a UsageError."""
+    if image_inspect(docker, ref) is not None:
+        return False
     if not is_registry_ref(ref):
         raise UsageError(
             f"image {ref} is not in the local Docker engine: build it (builder build), or give its full "
             "registry reference (e.g. the ECR URI) to have it pulled"
         )
+    return True
+
+
+def ensure_image(docker: str, ref: str, progress=None, timeout: int = 3600) -> None:
+    """The image is in the local engine afterwards, pulled when it is a registry reference."""
+    if not needs_pull(docker, ref):
+        return
     if progress:
         progress(f"pulling {ref} ...")
     try:
@@ -131,9 +127,9 @@ def ensure_image(docker: str, ref: str, progress=None, timeout: int = 3600) -> N
     except subprocess.TimeoutExpired:
         raise BuilderError(f"docker pull {ref} did not finish within {timeout}s") from None
     if proc.returncode != 0:
-        said = [line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+        said = last_line(proc.stderr or proc.stdout).strip()
         raise UsageError(
-            f"cannot pull {ref}: {said[-1] if said else f'docker pull exited {proc.returncode}'} "
+            f"cannot pull {ref}: {said or f'docker pull exited {proc.returncode}'} "
             "(log in to the registry first, e.g. aws ecr get-login-password | docker login ..., or build it)"
         )
 
