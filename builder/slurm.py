@@ -22,7 +22,7 @@ from packaging.version import Version
 from builder import components as comp
 from builder import facts
 from builder.errors import BuilderError, UsageError
-from builder.matrix import NCCL_VERSION_RE, VERSION_RE
+from builder.matrix import ENV_NAME_RE, ENV_VALUE_RE, NCCL_VERSION_RE, VERSION_RE
 
 # nccl-tests binaries (<name>_perf) a user may ask for; all_reduce is the one judged by default.
 TESTS = ("all_reduce", "all_gather", "reduce_scatter", "alltoall", "sendrecv", "broadcast", "reduce")
@@ -66,8 +66,6 @@ INSTANCE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 TIME_RE = re.compile(r"^(?:\d+-)?\d+(?::\d{1,2}){0,2}$")
 SIZE_RE = re.compile(r"^\d+[KMG]?$")
 OUTPUT_RE = re.compile(r"^[A-Za-z0-9._/%+-]+$")
-ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-ENV_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:/=^+@%-]*$")
 IMAGE_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}")  # matrix name or image reference
 TESTS_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")
 
