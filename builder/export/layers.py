@@ -60,6 +60,14 @@ def _split(rel: str) -> tuple[str, str]:
     return parent, name
 
 
+def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
+    """lstat relative to a directory descriptor; None when nothing is there."""
+    try:
+        return os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+
+
 @dataclass
 class LayerStats:
     entries: int = 0
@@ -197,9 +205,8 @@ class RootfsBuilder:
         self._remove_at(pfd, name, rel)
 
     def _remove_at(self, pfd: int, name: str, rel: str) -> None:
-        try:
-            st = os.lstat(name, dir_fd=pfd)
-        except FileNotFoundError:
+        st = _lstat(name, pfd)
+        if st is None:
             return
         if stat.S_ISDIR(st.st_mode):
             self._forget(rel)
@@ -284,10 +291,7 @@ class RootfsBuilder:
     def _add(self, layer: tarfile.TarFile, member: tarfile.TarInfo, rel: str) -> None:
         parent, name = _split(rel)
         pfd = self._dir(parent, create=True)
-        try:
-            existing = os.lstat(name, dir_fd=pfd)
-        except FileNotFoundError:
-            existing = None
+        existing = _lstat(name, pfd)
         if member.isdir():
             if existing is not None and not stat.S_ISDIR(existing.st_mode):
                 os.unlink(name, dir_fd=pfd)
@@ -330,12 +334,7 @@ class RootfsBuilder:
         target = normalize(member.linkname)
         tparent, tname = _split(target)
         tfd = self._dir(tparent, create=False) if target else None
-        tst = None
-        if tfd is not None:
-            try:
-                tst = os.lstat(tname, dir_fd=tfd)
-            except FileNotFoundError:
-                pass
+        tst = _lstat(tname, tfd) if tfd is not None else None
         if tst is None or stat.S_ISDIR(tst.st_mode):
             raise BuilderError(f"image layer hard-links {rel!r} to {member.linkname!r}, which is not a file in the image")
         # Looking up the target may have moved the descriptor cache: look the parent up again.
@@ -391,11 +390,8 @@ class RootfsBuilder:
                 continue
             if not rel:
                 pfd, name = self._root_fd, "."
-            try:
-                st = os.lstat(name, dir_fd=pfd)
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISDIR(st.st_mode):
+            st = _lstat(name, pfd)
+            if st is None or not stat.S_ISDIR(st.st_mode):
                 continue
             if self.keep_owners:
                 os.chown(name, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
@@ -444,10 +440,7 @@ class RootfsBuilder:
         rel = normalize(rel)
         parent, name = _split(rel)
         pfd = self._dir(parent, create=True)
-        try:
-            st = os.lstat(name, dir_fd=pfd)
-        except FileNotFoundError:
-            st = None
+        st = _lstat(name, pfd)
         if st is not None and stat.S_ISREG(st.st_mode):
             mode = stat.S_IMODE(st.st_mode)
         if st is not None:
