@@ -40,3 +40,6 @@ if /usr/bin/docker info >/dev/null 2>&1; then
 else
     echo "setup-host: no Docker engine answers (integration tests will skip locally, fail in CI)" >&2
 fi
+
+# The real enroot and pyxis, built from ../shared/upstream/ (export and Slurm end-to-end tests).
+bash scripts/setup-upstream.sh
