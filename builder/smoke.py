@@ -15,6 +15,7 @@ not failures. A scan that did not run to its end marker is a failure, never a pa
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import subprocess
 import uuid
@@ -25,6 +26,7 @@ from typing import Mapping
 from packaging.version import InvalidVersion, Version
 
 from builder import components as comp
+from builder import smoke_linking
 from builder.build_report import history
 from builder.buildkit import image_inspect, last_line
 from builder.errors import BuilderError, UsageError
@@ -591,6 +593,8 @@ class Smoker:
 
     def check(self, check: Check) -> CheckResult:
         handler = getattr(self, f"_{check.kind}", None)
+        if handler is None and check.kind in smoke_linking.HANDLERS:
+            handler = functools.partial(smoke_linking.HANDLERS[check.kind], self)
         if handler is None:
             return CheckResult(check.stanza, check.kind, check.args, False, "unknown check kind")
         ok, detail = handler(**dict(check.args))
