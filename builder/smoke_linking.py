@@ -144,8 +144,13 @@ def ofi_plugin_version(smoker, path, version):
     return True, f"{name}: aws-ofi-nccl {reported}"
 
 
+NO_GPU_TIMEOUT = 120
+
+
 def no_gpu_run(smoker, argv):
-    proc = smoker.box.exec(list(argv), env={"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
+    # Built with MPI=1: MPI_Init runs first, as a singleton (no mpirun), as root in the container.
+    proc = smoker.box.exec(list(argv), timeout=NO_GPU_TIMEOUT,
+                           env={"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
     text = (proc.stdout or "") + (proc.stderr or "")
     loader = next((e for e in LOADER_ERRORS if e in text), None)
     if loader:

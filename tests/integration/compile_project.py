@@ -30,7 +30,7 @@ from gitserver import GitServer  # noqa: E402
 
 from builder.build_log import step_stanzas  # noqa: E402
 
-EFA_VERSIONS = ("1.37.0", "1.34.0")
+EFA_VERSIONS = ("1.37.0",)
 
 
 def prepare(root: Path, files: Path, http: harness.FixtureServer, git: GitServer) -> harness.Project:

@@ -65,6 +65,11 @@ for lib in libmpi libopen-pal libopen-rte; do
   ln -s "$lib.so.40" "/opt/amazon/openmpi/lib/$lib.so"
 done
 for tool in mpirun mpiexec orterun orted ompi_info; do ln -s "/usr/bin/$tool" "/opt/amazon/openmpi/bin/$tool"; done
+# The network-env stanza sets OPAL_PREFIX=/opt/amazon/openmpi (the real installer's prefix). Open
+# MPI then reads its components and help files below that prefix in place of its configured
+# /usr: Debian's library folder and share/ are linked there so the relocation finds them.
+ln -s "$multiarch" "/opt/amazon/openmpi/lib/x86_64-linux-gnu"
+ln -s /usr/share /opt/amazon/openmpi/share
 printf '# EFA installer version: {version}\n# Debug packages installed: no\n# Packages installed:\nlibfabric {libfabric} (built from source, stand-in for libfabric-aws)\nopenmpi-bin (Debian, stand-in for openmpi40-aws)\n' \
   > /opt/amazon/efa_installed_packages
 """
