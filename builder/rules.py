@@ -240,3 +240,7 @@ def _toolkit(spec) -> Iterator[Finding]:
 def _conflicts(spec) -> Iterator[Finding]:
     if spec.has("nccl-apt") and spec.has("nccl-source"):
         yield Finding("stanza-conflicts", "stanzas.nccl-apt", "nccl-apt and nccl-source both install NCCL; switch one off")
+
+
+# Rules found by compiling for real live in their own module; importing it registers them.
+from builder import rules_compile  # noqa: E402,F401

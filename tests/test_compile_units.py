@@ -133,3 +133,25 @@ def test_no_gpu_run_tells_cuda_errors_from_loader_errors():
     assert not ok and "exited 0" in detail
     ok, detail = smoke_linking.no_gpu_run(smoker("Segmentation fault\n", rc=139), ["all_reduce_perf"])
     assert not ok and "without CUDA's or NCCL's no-device error" in detail
+
+
+def test_rule_ofi_cuda13(write_matrix):
+    """aws-ofi-nccl 1.13.0-1.16.x does not compile against CUDA 13 (found by the compile tests)."""
+    import copy
+
+    import pytest
+
+    from builder.errors import MatrixError
+    from tests.matrix_samples import BASES, NVIDIA, dump, matrix, with_components
+
+    bases = copy.deepcopy(BASES)
+    bases["ngc"]["ships"].update(cuda="13.0.2", nccl="2.27.7")
+    entry = with_components(NVIDIA, aws_ofi_nccl="1.13.2", efa="1.37.0")
+    with pytest.raises(MatrixError) as exc:
+        load_matrix(write_matrix(dump({**matrix(entry), "bases": bases})))
+    lines = [str(p) for p in exc.value.problems if "[ofi-cuda13]" in str(p)]
+    assert len(lines) == 1 and "aws-ofi-nccl 1.13.2 does not compile against CUDA 13.0.2" in lines[0]
+    assert "components.aws_ofi_nccl" in lines[0]
+    for ok in ("1.12.1", "1.17.0", "1.21.1"):
+        load_matrix(write_matrix(dump({**matrix(with_components(NVIDIA, aws_ofi_nccl=ok, efa="1.37.0")), "bases": bases})))
+    load_matrix(write_matrix(dump(matrix(entry))))  # CUDA 12.6: builds

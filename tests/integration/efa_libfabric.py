@@ -14,8 +14,8 @@ What it imitates: ``aws-efa-installer/efa_installer.sh`` with the flags the efa 
 
 libfabric is built from source, Debian's (trixie's libfabric 2.1.0 source package, fetched with
 apt from Debian's mirror; bookworm's 1.17 is too old: with --enable-platform-aws, which the
-aws-ofi-nccl stanza passes, aws-ofi-nccl's configure requires libfabric 1.22 or later,
-m4/ax_platform_aws.m4 in v1.13.2-aws and later), with its efa provider against rdma-core, once,
+aws-ofi-nccl stanza passes, aws-ofi-nccl's configure requires libfabric 1.18 or later up to
+v1.12.1-aws and 1.22 or later from v1.13.0-aws, m4/ax_platform_aws.m4), with its efa provider against rdma-core, once,
 in a throwaway Debian chroot, into /opt/amazon/efa; the installer tarball carries that tree, as
 AWS's carries its prebuilt libfabric-aws packages, and installs rdma-core's libraries (libefa,
 libibverbs) with apt, as AWS's installs its rdma-core. Open MPI is Debian's ``openmpi-bin`` (4.1,

@@ -6,7 +6,7 @@ upstream sources (../shared/upstream bundles, served by a local git server throu
 - itest-cuda-current: GDRCopy 2.5.1, NCCL 2.28.9 from source for one GPU architecture (SM 80),
   aws-ofi-nccl 1.21.1 against a real libfabric, nccl-tests 2.19.6 with MPI=1 against the
   installer's Open MPI and the pinned NCCL;
-- itest-cuda-ofi-aws: aws-ofi-nccl 1.13.2-aws (the -aws era, autogen.sh);
+- itest-cuda-ofi-aws: aws-ofi-nccl 1.12.1-aws (the -aws era, autogen.sh);
 - a copy of the templates with libhwloc-dev taken out of aws-ofi-nccl's apt list: the build fails
   in stanza aws-ofi-nccl, at configure's hwloc check.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import sys
 import pytest
 
 import compile_project
+import cuda_standins
 import gitserver
 import harness
 import standins
@@ -112,7 +114,7 @@ def test_smoke_ofi_aws_era(compile_proj, compiled):
     doc = smoke(compile_proj, "itest-cuda-ofi-aws")
     assert doc["returncode"] == 0 and doc["ok"], [c for c in doc["checks"] if not c["ok"]]
     plugin = checks(doc, "ofi_plugin_version")
-    assert len(plugin) == 1 and "aws-ofi-nccl 1.13.2-aws" in plugin[0]["detail"], plugin
+    assert len(plugin) == 1 and "aws-ofi-nccl 1.12.1-aws" in plugin[0]["detail"], plugin
 
 
 def test_base_nccl_first_on_the_path_is_caught(compile_proj, compiled, tmp_path):
@@ -172,3 +174,20 @@ def test_print_timings(compiled, request):
     if reporter is not None:
         for line in ["", "compile timings (this run; cached steps count 0):", *TIMINGS]:
             reporter.write_line(line)
+
+
+def test_cuda_devel_standin_is_shaped_like_nvidia_cuda(compile_proj):
+    """The devel-like stand-in (no NGC parts): the toolkit where nvcc and the stanzas look for it,
+    and the base's held libnccl2 as the libnccl.so.2 on the loader's default path, as in
+    nvidia/cuda devel images. (nvcc compiling and linking is what the builds above prove.)"""
+    ref = cuda_standins.cuda_standin({"cuda": cuda_standins.CUDA_VERSION, "nccl": "2.27.7"}, ngc=False)
+    script = ("nvcc --version | tail -1 && ls /usr/local/cuda/lib64/libcudart_static.a /usr/local/cuda/include/cuda.h"
+              " && ldconfig -p | grep 'libnccl.so.2 ' && apt-mark showhold && echo \"$LD_LIBRARY_PATH\"")
+    proc = subprocess.run([DOCKER, "run", "--rm", "--network", "none", ref, "bash", "-c", script],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cuda_13.0" in proc.stdout
+    # (Debian's merged /usr: ldconfig names /lib/x86_64-linux-gnu, the same folder.)
+    assert re.search(r"libnccl\.so\.2 .*=> (/usr)?/lib/x86_64-linux-gnu/libnccl\.so\.2$", proc.stdout, re.M), proc.stdout
+    assert "libnccl2" in proc.stdout.split()
+    assert "/usr/local/nvidia/lib:/usr/local/nvidia/lib64" in proc.stdout
