@@ -25,12 +25,21 @@ sys.path.insert(0, str(HERE))
 
 import cuda_standins  # noqa: E402
 import efa_libfabric  # noqa: E402
+import gitserver  # noqa: E402
 import harness  # noqa: E402
 from gitserver import GitServer  # noqa: E402
 
 from builder.build_log import step_stanzas  # noqa: E402
 
 EFA_VERSIONS = ("1.37.0",)
+
+
+def file_server(folder: Path) -> harness.FixtureServer:
+    """The fixture HTTP server on its preferred port (a stable efa layer), else a free one."""
+    try:
+        return harness.FixtureServer(folder, gitserver.preferred_port("builder-compile-files"))
+    except OSError:
+        return harness.FixtureServer(folder)
 
 
 def prepare(root: Path, files: Path, http: harness.FixtureServer, git: GitServer) -> harness.Project:
@@ -85,7 +94,7 @@ if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/builder-compile")
     served = target / "_files"
     served.mkdir(parents=True, exist_ok=True)
-    with harness.FixtureServer(served) as srv, GitServer() as gsrv:
+    with file_server(served) as srv, GitServer() as gsrv:
         proj = prepare(target, served, srv, gsrv)
         print(f"project {proj.root} ready; files {srv.url}; git {gsrv.url}; Ctrl-C to stop", flush=True)
         try:

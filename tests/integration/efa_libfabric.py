@@ -53,6 +53,9 @@ ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -qq
 apt-get install -y -qq --no-install-recommends libibverbs1 ibverbs-providers librdmacm1 openmpi-bin >/dev/null
 multiarch=/usr/lib/x86_64-linux-gnu
 tar -C / -xf "$(dirname "$0")/libfabric-efa.tar"
+# As installed from packages: no libtool archive (it would make libtool link rdma-core's -dev
+# libraries into everything that links libfabric) and no static library.
+rm -f /opt/amazon/efa/lib/libfabric.la /opt/amazon/efa/lib/libfabric.a
 mkdir -p /opt/amazon/openmpi/bin /opt/amazon/openmpi/lib /opt/amazon/openmpi/include
 # Open MPI's headers from its -dev package, unpacked without that package's dependencies.
 work=$(mktemp -d)

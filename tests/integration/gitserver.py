@@ -124,13 +124,28 @@ class _GitHandler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
+def preferred_port(name: str) -> int:
+    """A port for name that is the same from one test session to the next. The URLs of the
+    servers are in the RUN lines of the stanzas, so in BuildKit's cache keys: with the same port,
+    a second session reuses every compiled layer. A port in use is no error (see bind)."""
+    return 30000 + int(hashlib.sha256(name.encode()).hexdigest(), 16) % 20000
+
+
+def bind(server_class, handler, name: str):
+    """The server on its preferred port, else on any free one (then nothing is cached)."""
+    try:
+        return server_class(("127.0.0.1", preferred_port(name)), handler)
+    except OSError:
+        return server_class(("127.0.0.1", 0), handler)
+
+
 class GitServer:
-    """Smart-HTTP git server on 127.0.0.1 (a free port): url_of('nccl.bundle') is the URL."""
+    """Smart-HTTP git server on 127.0.0.1: url_of('nccl.bundle') is the URL."""
 
     def __init__(self, root: Path | None = None):
         self.root = root or bare_repositories()
         handler = type("Handler", (_GitHandler,), {"root": self.root})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = bind(ThreadingHTTPServer, handler, "builder-compile-git")
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

@@ -50,7 +50,7 @@ def compile_proj(tmp_path_factory):
     need(all((gitserver.UPSTREAM / b).is_file() for b in gitserver.REPOS),
          f"the upstream bundles are not in {gitserver.UPSTREAM} (set BUILDER_UPSTREAM)")
     files = tmp_path_factory.mktemp("compile-files")
-    with harness.FixtureServer(files) as http, gitserver.GitServer() as git:
+    with compile_project.file_server(files) as http, gitserver.GitServer() as git:
         yield compile_project.prepare(tmp_path_factory.mktemp("compile-project"), files, http, git)
 
 
