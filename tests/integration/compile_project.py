@@ -29,7 +29,7 @@ import gitserver  # noqa: E402
 import harness  # noqa: E402
 from gitserver import GitServer  # noqa: E402
 
-from builder.build_log import step_stanzas  # noqa: E402
+from builder.build_log import VERTEX_RE, step_stanzas  # noqa: E402
 
 EFA_VERSIONS = ("1.37.0",)
 
@@ -59,26 +59,31 @@ def prepare(root: Path, files: Path, http: harness.FixtureServer, git: GitServer
     return project
 
 
-STEP_RE = re.compile(r"^#(\d+) \[(\d+)/(\d+)\] ")
 DONE_RE = re.compile(r"^#(\d+) (DONE|CACHED|ERROR)\b ?(\d+(?:\.\d+)?)?")
+STAMP_RE = re.compile(r"^#(\d+) (\d+(?:\.\d+)?) ")
 
 
 def stanza_seconds(dockerfile: str, log: str) -> dict[str, float]:
-    """Seconds each stanza's steps took, from `--progress plain` lines ('#7 [5/12] RUN ...'
-    then '#7 DONE 81.2s'); a cached step counts 0."""
+    """Seconds each stanza's steps took, from `--progress plain` lines ('#7 [stage-0 5/12] RUN ...'
+    then '#7 DONE 81.2s'; a failed step: its last output time stamp); a cached step counts 0."""
     stanzas = step_stanzas(dockerfile)
     vertex_step: dict[str, int] = {}
+    last_stamp: dict[str, float] = {}
     out: dict[str, float] = {}
     for line in log.splitlines():
-        m = STEP_RE.match(line)
+        m = VERTEX_RE.match(line)
         if m:
             vertex_step[m.group(1)] = int(m.group(2))
+            continue
+        m = STAMP_RE.match(line)
+        if m:
+            last_stamp[m.group(1)] = float(m.group(2))
             continue
         m = DONE_RE.match(line)
         if m and m.group(1) in vertex_step:
             index = vertex_step[m.group(1)] - 1
             if 0 <= index < len(stanzas):
-                seconds = float(m.group(3) or 0) if m.group(2) != "CACHED" else 0.0
+                seconds = {"CACHED": 0.0, "DONE": float(m.group(3) or 0)}.get(m.group(2), last_stamp.get(m.group(1), 0.0))
                 out[stanzas[index]] = out.get(stanzas[index], 0.0) + seconds
     return out
 
