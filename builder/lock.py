@@ -26,30 +26,35 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 import requests
 
+from builder import imageref
+from builder.ecr import ECR_HOST_RE, EcrApi
 from builder.errors import BuilderError, UsageError
-from builder.imageref import split_registry
+from builder.lockfile import (  # noqa: F401 (the lock file model, re-exported for `builder lock`)
+    DIGEST_RE,
+    LOCK_SCHEMA,
+    LockEntry,
+    bases_in_use,
+    lock_gaps,
+    lock_path,
+    lock_text,
+    pin,
+    pin_specs,
+    read_lock,
+    tag_ref,
+)
 from builder.registry_api import ACCEPT, base_url, is_loopback
 
-LOCK_SCHEMA = 1
 INDEX_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.oci.image.index.v1+json",
 )
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
-# [registry/]path[:tag][@digest], lowercase path components as in the matrix's IMAGE_RE.
-REF_RE = re.compile(
-    r"^(?:(?P<registry>[a-zA-Z0-9]+(?:[.-][a-zA-Z0-9]+)*(?::\d{1,5})?)/)?"
-    r"(?P<path>[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?\Z"
-)
-PATH_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*\Z")
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 # Names Docker itself treats as Docker Hub (the CLI's default index and its historical hosts).
@@ -59,7 +64,6 @@ DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
 # Far beyond any real manifest or index (NGC's multi-platform indexes are a few KiB); a bigger
 # answer is not a manifest, so it is not read into memory.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-ECR_HOST_RE = re.compile(r"^[0-9]{12}\.dkr\.ecr(?:-fips)?\.[a-z]{2}(?:-[a-z]+)+-[0-9]\.amazonaws\.com(?:\.cn)?\Z")
 
 
 # --- references ------------------------------------------------------------------------------------
@@ -74,21 +78,14 @@ class Reference:
 
     @classmethod
     def parse(cls, text: str) -> "Reference":
-        m = REF_RE.match(text)
-        if not m:
-            raise UsageError(f"{text!r} is not an image reference like registry/repo:tag")
-        name = text.split("@", 1)[0]
-        if m["tag"]:
-            name = name[: -len(m["tag"]) - 1]
-        host, path = split_registry(name)
-        registry = host.lower() if host else DOCKER_HUB
-        if not PATH_RE.match(path):
-            raise UsageError(f"{text!r} is not an image reference like registry/repo:tag (lowercase repository path)")
+        ref = imageref.require(text, "an image reference like registry/repo:tag (lowercase repository path)")
+        registry = ref.registry.lower() if ref.registry else DOCKER_HUB
+        path = ref.path
         if registry in DOCKER_HUB_ALIASES:
             registry = DOCKER_HUB
             if "/" not in path:  # Docker Hub's official images live under library/
                 path = f"library/{path}"
-        return cls(registry, path, m["tag"] or "latest", m["digest"])
+        return cls(registry, path, ref.tag or "latest", ref.digest)
 
     @property
     def api_host(self) -> str:
@@ -194,8 +191,6 @@ class Credentials:
         """The AWS:<token> login from ECR's get_authorization_token. A refused or failed call
         (no credentials, expired session, no permission) is a login failure: exit 4, like any
         registry that refuses a login, so `lock --check` keeps exit 1 for drift alone."""
-        from builder.ecr import EcrApi
-
         try:
             api = EcrApi.connect(registry=registry if ECR_HOST_RE.match(registry) else None,
                                  region=self.ecr_region, endpoint_url=self.ecr_endpoint_url)
@@ -423,137 +418,6 @@ class RegistryClient:
         if answer.status_code == 429:
             raise RegistryError(f"{ref.api_host} is rate-limiting pulls (HTTP 429); try later or log in")
         raise RegistryError(f"{ref.api_host} answered HTTP {answer.status_code} for {text}")
-
-
-# --- the lock file ------------------------------------------------------------------------------------
-
-
-def lock_path(matrix_path: Path) -> Path:
-    """matrix.yaml -> matrix.lock.json, beside it."""
-    matrix_path = Path(matrix_path)
-    return matrix_path.with_name(f"{matrix_path.stem}.lock.json")
-
-
-@dataclass(frozen=True)
-class LockEntry:
-    digest: str
-    media_type: str = ""
-    platforms: Mapping[str, str] = field(default_factory=dict)
-    bases: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict:
-        out: dict = {"digest": self.digest}
-        if self.media_type:
-            out["media_type"] = self.media_type
-        if self.platforms:
-            out["platforms"] = dict(sorted(self.platforms.items()))
-        out["bases"] = sorted(self.bases)
-        return out
-
-
-def read_lock(path: Path) -> dict[str, LockEntry] | None:
-    """The lock's entries (tag reference -> entry), or None when there is no lock file."""
-    path = Path(path)
-    rewrite = "fix it, or run 'builder lock' (no image names) to rewrite it from the matrix"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: not a readable lock file ({exc}); {rewrite}") from None
-    if not isinstance(data, dict) or data.get("schema") != LOCK_SCHEMA or not isinstance(data.get("images"), dict):
-        raise UsageError(f"{path}: expected {{\"schema\": {LOCK_SCHEMA}, \"images\": {{...}}}}; {rewrite}")
-    entries = {}
-    for ref, entry in data["images"].items():
-        digest = entry.get("digest") if isinstance(entry, dict) else None
-        if not REF_RE.match(ref) or "@" in ref or not isinstance(digest, str) or not DIGEST_RE.match(digest):
-            raise UsageError(f"{path}: entry {ref!r} needs a tag reference and a sha256 digest; {rewrite}")
-        platforms = entry.get("platforms") or {}
-        bases = entry.get("bases") or ()
-        if not isinstance(platforms, dict) or not isinstance(bases, (list, tuple)):
-            raise UsageError(f"{path}: entry {ref!r} has malformed platforms or bases; {rewrite}")
-        entries[ref] = LockEntry(digest, str(entry.get("media_type", "")), dict(platforms), tuple(map(str, bases)))
-    return entries
-
-
-def lock_text(entries: Mapping[str, LockEntry]) -> str:
-    """Deterministic JSON (no timestamps): re-locking unchanged tags changes nothing."""
-    data = {
-        "schema": LOCK_SCHEMA,
-        "comment": "Base image digests written by 'builder lock'; rendering pins FROM to them. "
-                   "Refresh with 'builder lock', check with 'builder lock --check'.",
-        "images": {ref: entries[ref].to_dict() for ref in sorted(entries)},
-    }
-    return json.dumps(data, indent=2) + "\n"
-
-
-# --- pinning specs (called by builder.matrix.load_matrix) ---------------------------------------------
-
-def pin_specs(matrix_path: Path, specs: Sequence) -> tuple[list, list[str]]:
-    """The specs with each locked base image pinned to tag@digest (unchanged without a lock file),
-    and what the lock does not cover (``lock_gaps``): a base with no entry for its exact image
-    renders unpinned, and an entry no base uses is dead; neither may pass in silence."""
-    entries = read_lock(lock_path(matrix_path))
-    if entries is None:
-        return list(specs), []
-    return [pin(spec, entries) for spec in specs], lock_gaps(specs, entries)
-
-
-def lock_gaps(specs: Sequence, entries: Mapping[str, LockEntry]) -> list[str]:
-    """What the lock does not cover: bases whose exact image has no entry (saying which entry
-    their base was locked under before, when the tag changed) and entries no base uses."""
-    in_use: dict[str, set[str]] = {}  # tag reference -> base keys (unpinned bases only)
-    for spec in specs:
-        if "@" not in spec.base.image:
-            in_use.setdefault(spec.base.image, set()).add(spec.base.key)
-    unused = {ref: entry for ref, entry in entries.items() if ref not in in_use}
-    explained: set[str] = set()
-    out = []
-    for ref, keys in sorted(in_use.items()):
-        if ref in entries:
-            continue
-        for key in sorted(keys):
-            before = sorted(old for old, entry in unused.items() if key in entry.bases)
-            if before:
-                explained.update(before)
-                out.append(f"base {key} is locked as {' and '.join(before)} but the matrix now says {ref}; "
-                           "run 'builder lock'")
-            else:
-                out.append(f"base {key} ({ref}) has no entry, so its images render unpinned; run 'builder lock'")
-    for ref in sorted(set(unused) - explained):
-        owners = f" (locked for base {', '.join(unused[ref].bases)})" if unused[ref].bases else ""
-        out.append(f"entry {ref}{owners} is used by no image; run 'builder lock' to drop it")
-    return out
-
-
-def pin(spec, entries: Mapping[str, LockEntry]):
-    image = spec.base.image
-    entry = entries.get(image)
-    if "@" in image or entry is None:  # pinned in the matrix already, or not locked
-        return spec
-    return replace(spec, base=replace(spec.base, image=f"{image}@{entry.digest}"))
-
-
-def tag_ref(spec, entries: Mapping[str, LockEntry] | None) -> str | None:
-    """The tag reference a spec's base is locked under (undoing the pin), or None when the
-    matrix itself pins the base by digest (nothing for a lock to do)."""
-    image = spec.base.image
-    if "@" not in image:
-        return image
-    ref, _, digest = image.partition("@")
-    if entries and ref in entries and entries[ref].digest == digest:
-        return ref
-    return None
-
-
-def bases_in_use(specs: Iterable, entries: Mapping[str, LockEntry] | None) -> dict[str, tuple[str, ...]]:
-    """tag reference -> names of the matrix bases that use it (a DLC base has one per region)."""
-    out: dict[str, set[str]] = {}
-    for spec in specs:
-        ref = tag_ref(spec, entries)
-        if ref is not None:
-            out.setdefault(ref, set()).add(spec.base.key)
-    return {ref: tuple(sorted(keys)) for ref, keys in sorted(out.items())}
 
 
 # --- lock and check -------------------------------------------------------------------------------------

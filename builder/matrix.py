@@ -7,7 +7,6 @@ Dockerfiles, so each has a strict pattern: we reject, we never escape.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import re
 from dataclasses import dataclass, field, replace
@@ -20,8 +19,9 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
 from builder import components as comp
-from builder import facts
-from builder.errors import MatrixError, UsageError
+from builder import facts, imageref
+from builder.errors import MatrixError, Problem, UsageError, did_you_mean
+from builder.lockfile import lock_path, pin_specs
 from builder.stanzas import Catalog, load_catalog
 from builder.yamlio import LineDict, load_yaml
 
@@ -33,11 +33,6 @@ FLAVORS = ("dlc", "source", "nvidia")
 NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")  # docker repository path component
 REPO_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*\Z")
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
-IMAGE_RE = re.compile(
-    r"^(?:[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?/)?"  # optional registry host[:port]
-    r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"  # path
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?\Z"
-)
 VERSION_RE = re.compile(r"^\d+(?:\.\d+){0,3}(?:(?:a|b|rc)\d+)?(?:\.post\d+)?\Z")
 NCCL_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+(?:-\d+)?\Z")
 PYTHON_RE = re.compile(r"^3\.\d{1,2}\Z")
@@ -133,25 +128,6 @@ CODE_KEYS = ("dir", "program")
 WAIVABLE = {
     "nccl-older-than-base": "a pinned NCCL older than the one the base image ships",
 }
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    line: int
-    image: str | None
-    key: str | None
-    message: str
-    severity: str = "error"
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        parts = [where]
-        if self.image:
-            parts.append(f"image '{self.image}'")
-        if self.key:
-            parts.append(self.key)
-        return ": ".join(parts) + f": {self.message}"
 
 
 @dataclass(frozen=True)
@@ -292,8 +268,6 @@ class Matrix:
             raise MatrixError(errors or [Problem(str(self.path), draft.line, name, None, "invalid override")])
         if not self.pinned:
             return spec
-        from builder.lock import pin_specs
-
         return pin_specs(self.path, [spec])[0][0]
 
 
@@ -323,9 +297,7 @@ class _Draft:
     prov: dict
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+_did_you_mean = did_you_mean
 
 
 def _shown(path: Path) -> str:
@@ -397,8 +369,6 @@ def load_matrix(path: Path | str, catalog: Catalog | None = None, pin: bool = Tr
     if errors:
         raise MatrixError(errors)
     if pin:
-        from builder.lock import lock_path, pin_specs
-
         specs, gaps = pin_specs(path, specs)
         problems += [Problem(_shown(lock_path(path)), 0, None, None, gap, "warning") for gap in gaps]
     return Matrix(
@@ -528,7 +498,7 @@ def _load_bases(data: LineDict, err) -> dict[str, BaseImage | None]:
                     err(raw_ships.line_of("cuda"), None, f"{where}.ships.cuda", f"{ships['cuda']} contradicts the DLC tag ({dlc.cuda_tag})")
                     ok = False
                 ships.setdefault("cuda", comp.cuda_from_tag(dlc.cuda_tag))  # cu124 -> 12.4; ships may say 12.4.1
-        if image is not None and (not isinstance(image, str) or not IMAGE_RE.match(image)):
+        if image is not None and (not isinstance(image, str) or not imageref.is_reference(image)):
             err(entry.line_of("image"), None, f"{where}.image", "not a valid image reference (registry/repo:tag[@sha256:...])")
             ok = False
         if image is None and dlc is None:
