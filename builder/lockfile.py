@@ -80,19 +80,21 @@ def lock_text(entries: Mapping[str, LockEntry]) -> str:
 
 # --- pinning specs (called by builder.matrix.load_matrix) ---------------------------------------------
 
-def pin_specs(matrix_path: Path, specs: Sequence) -> tuple[list, list[str]]:
+def pin_specs(matrix_path: Path, specs: Sequence, complete: bool = True) -> tuple[list, list[str]]:
     """The specs with each locked base image pinned to tag@digest (unchanged without a lock file),
     and what the lock does not cover (``lock_gaps``): a base with no entry for its exact image
-    renders unpinned, and an entry no base uses is dead; neither may pass in silence."""
+    renders unpinned, and an entry no base uses is dead; neither may pass in silence.
+    ``complete``: the specs are the whole matrix (else entries unused by them are not reported)."""
     entries = read_lock(lock_path(matrix_path))
     if entries is None:
         return list(specs), []
-    return [pin(spec, entries) for spec in specs], lock_gaps(specs, entries)
+    return [pin(spec, entries) for spec in specs], lock_gaps(specs, entries, complete)
 
 
-def lock_gaps(specs: Sequence, entries: Mapping[str, LockEntry]) -> list[str]:
+def lock_gaps(specs: Sequence, entries: Mapping[str, LockEntry], complete: bool = True) -> list[str]:
     """What the lock does not cover: bases whose exact image has no entry (saying which entry
-    their base was locked under before, when the tag changed) and entries no base uses."""
+    their base was locked under before, when the tag changed) and, for the whole matrix
+    (``complete``), entries no base uses."""
     in_use: dict[str, set[str]] = {}  # tag reference -> base keys (unpinned bases only)
     for spec in specs:
         if "@" not in spec.base.image:
@@ -111,7 +113,7 @@ def lock_gaps(specs: Sequence, entries: Mapping[str, LockEntry]) -> list[str]:
                            "run 'builder lock'")
             else:
                 out.append(f"base {key} ({ref}) has no entry, so its images render unpinned; run 'builder lock'")
-    for ref in sorted(set(unused) - explained):
+    for ref in sorted(set(unused) - explained) if complete else ():
         owners = f" (locked for base {', '.join(unused[ref].bases)})" if unused[ref].bases else ""
         out.append(f"entry {ref}{owners} is used by no image; run 'builder lock' to drop it")
     return out

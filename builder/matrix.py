@@ -15,7 +15,6 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
 from builder import components as comp
@@ -305,11 +304,15 @@ def _shown(path: Path) -> str:
     return path.name if path.parent.resolve() == Path.cwd().resolve() else str(path)
 
 
-def load_matrix(path: Path | str, catalog: Catalog | None = None, pin: bool = True) -> Matrix:
+def load_matrix(path: Path | str, catalog: Catalog | None = None, pin: bool = True,
+                only: Iterable[str] | None = None) -> Matrix:
     """Load, expand and validate a matrix file; raise MatrixError with every problem found.
 
     With ``pin`` (the default), bases locked in matrix.lock.json are pinned by digest and every
-    gap between the lock and the matrix is a warning; `builder lock` loads with pin=False."""
+    gap between the lock and the matrix is a warning; `builder lock` loads with pin=False.
+    ``only`` (image names) validates the file's top level and only the entries whose name
+    template can give one of those names (`builder render NAME --stdout`); the Matrix then
+    holds those images alone."""
     path = Path(path)
     data = load_yaml(path)
     file = _shown(path)
@@ -353,6 +356,9 @@ def load_matrix(path: Path | str, catalog: Catalog | None = None, pin: bool = Tr
     specs: list[ImageSpec] = []
     seen: dict[str, int] = {}
     by_name: dict[str, _Draft] = {}
+    if only is not None:
+        wanted = set(only)
+        drafts = [d for d in drafts if any(_could_name(d.name_template, n) for n in wanted)]
     for draft in drafts:
         spec = _build_spec(ctx, draft, problems)
         if spec is None:
@@ -369,7 +375,7 @@ def load_matrix(path: Path | str, catalog: Catalog | None = None, pin: bool = Tr
     if errors:
         raise MatrixError(errors)
     if pin:
-        specs, gaps = pin_specs(path, specs)
+        specs, gaps = pin_specs(path, specs, complete=only is None)
         problems += [Problem(_shown(lock_path(path)), 0, None, None, gap, "warning") for gap in gaps]
     return Matrix(
         path=path,
@@ -380,6 +386,15 @@ def load_matrix(path: Path | str, catalog: Catalog | None = None, pin: bool = Tr
         _context=ctx,
         pinned=pin,
     )
+
+
+def _could_name(template: object, name: str) -> bool:
+    """Whether a name template ('nvidia-ngc{base_tag}-efa{efa}') can give this name: its
+    literal parts in order, any placeholder standing for any text."""
+    if not isinstance(template, str):
+        return True  # reported by _build_spec
+    pattern = "".join(".*" if i % 2 else re.escape(part) for i, part in enumerate(PLACEHOLDER_RE.split(template)))
+    return re.fullmatch(pattern, name, re.DOTALL) is not None
 
 
 def _mapping(data: LineDict, key: str, err) -> LineDict | None:
@@ -986,6 +1001,8 @@ def _pip(raw, err) -> list[str]:
     if not isinstance(raw, list):
         err("pip", "must be a list of requirements like \"torchmetrics==1.4.0\"")
         return []
+    from packaging.requirements import InvalidRequirement, Requirement  # local: only pip: lists need it
+
     out = []
     for item in raw:
         if not isinstance(item, str) or not REQUIREMENT_RE.match(item.strip()):

@@ -43,12 +43,12 @@ def render_cmd(state, names, all_, out_dir, check, to_stdout, sets, with_, witho
     builder render NAME --set nccl=2.23.4 --with xformers --stdout
                                          one custom Dockerfile for review
     """
-    matrix = state.matrix()
-    renderer = Renderer()
     custom = bool(sets or with_ or without)
     if custom or to_stdout:
         if len(names) != 1 or all_:
             raise UsageError("--set/--with/--without/--stdout work on exactly one image name")
+        matrix = state.matrix(only=names[0])  # validates what this image needs, not every image
+        renderer = Renderer(catalog=matrix.catalog)
         spec = matrix.customize(names[0], _parse_sets(sets), with_, without) if custom else matrix.get(names[0])
         rendered = renderer.render(spec)
         if to_stdout or out_dir is None and custom:
@@ -60,6 +60,8 @@ def render_cmd(state, names, all_, out_dir, check, to_stdout, sets, with_, witho
         click.echo(f"wrote {dockerfile_path(out_dir, spec)}", err=True)
         return
 
+    matrix = state.matrix()
+    renderer = Renderer(catalog=matrix.catalog)
     specs = matrix.select(names, all_)
     root = out_dir.parent if out_dir else state.root
     target = (lambda s: out_dir / s.name / "Dockerfile") if out_dir else (lambda s: dockerfile_path(state.root, s))

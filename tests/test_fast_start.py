@@ -1,0 +1,61 @@
+"""Fast start: a verb is imported when it runs, and `render NAME --stdout` validates that image.
+
+Timings are printed by benchmarks/render_bench.py, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from builder.cli import VERBS, _command_modules, cli
+from tests.matrix_samples import DLC, NVIDIA, dump, matrix
+
+
+def _modules_after(repo_root, *argv: str) -> tuple[int, set[str], str]:
+    """Run the CLI in a fresh interpreter; the modules loaded when it finished."""
+    script = (
+        "import json, sys\n"
+        "from builder.cli import cli\n"
+        "code = cli.main(sys.argv[1:], prog_name='builder', standalone_mode=False)\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, cwd=repo_root)
+    return out.returncode, set(json.loads(out.stderr.strip().splitlines()[-1])), out.stdout
+
+
+def test_render_to_stdout_imports_only_its_own_verb(repo_root):
+    code, loaded, stdout = _modules_after(repo_root, "render", "nvidia-ngc24.09-efa1.35", "--stdout")
+    assert code == 0 and stdout.startswith("# Generated")
+    assert sorted(m for m in loaded if m.startswith("builder.commands.")) == ["builder.commands.render"]
+    assert not {m.split(".")[0] for m in loaded} & {"requests", "docker", "boto3", "botocore", "urllib3"}
+
+
+def test_every_command_module_is_mapped_and_every_verb_is_listed():
+    assert set(VERBS.values()) == set(_command_modules())  # a new verb module: add it to VERBS
+    listed = CliRunner().invoke(cli, ["--help"]).output
+    for verb in VERBS:
+        assert f"  {verb} " in listed, verb
+    typo = CliRunner().invoke(cli, ["rendr"])
+    assert typo.exit_code == 2 and "No such command 'rendr'" in typo.output
+
+
+def test_render_one_image_ignores_problems_of_the_others(tmp_path):
+    broken = dict(DLC, pip=["torch; rm -rf /"])  # another entry's problem
+    path = tmp_path / "matrix.yaml"
+    path.write_text(dump(matrix(NVIDIA, broken)))
+    one = CliRunner().invoke(cli, ["--matrix", str(path), "render", "nv", "--stdout"])
+    assert one.exit_code == 0, one.output
+    assert "FROM nvcr.io/nvidia/pytorch:24.09-py3" in one.output
+    whole = CliRunner().invoke(cli, ["--matrix", str(path), "render", "--all", "--out", str(tmp_path / "out")])
+    assert whole.exit_code == 2 and "image 'dl'" in whole.output and "pip" in whole.output
+
+
+def test_a_mistyped_name_still_gets_the_whole_matrix_and_a_did_you_mean(tmp_path):
+    path = tmp_path / "matrix.yaml"
+    path.write_text(dump(matrix(dict(NVIDIA, name="pt-nvidia"), DLC)))
+    typo = CliRunner().invoke(cli, ["--matrix", str(path), "render", "pt-nvdia", "--stdout"])
+    assert typo.exit_code == 2 and "did you mean 'pt-nvidia'" in typo.output
