@@ -94,7 +94,9 @@ def register(cli: click.Group) -> None:
         and the file's sha256; exporting an unchanged image again is skipped (unless --force).
 
         Exit codes: 0 exported or already up to date; 1 the export failed (engine, disk full,
-        permission, mksquashfs); 2 bad input (unknown image, bad option).
+        permission, mksquashfs), with one error: line; 2 bad input (a NAME neither in the matrix
+        nor a local image, an invalid reference or matrix, conflicting options, enroot missing
+        for --method enroot); 130 interrupted (Ctrl-C or SIGTERM: temporaries removed).
         """
         from builder.export import ExportRequest, docker_client, export_image, find_image, squash
         from builder.errors import did_you_mean as _did_you_mean

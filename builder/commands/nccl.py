@@ -48,9 +48,10 @@ def nccl_group() -> None:
     """nccl-tests smoke checks: run them in an image, parse any output, judge it against the hardware.
 
     \b
-    Exit codes: 0 pass; 1 fail (below threshold, data errors, socket fallback,
-    nccl-tests failed); 2 bad input; 3 no NVIDIA GPU on this host (run only);
-    4 no nccl-tests result rows in the output.
+    Exit codes: 0 pass; 1 fail (cut short, data errors, transport, below threshold,
+    or nccl-tests failed); 2 bad input (option, unknown image or instance type,
+    unreadable file, a pull that failed, --nodes needed); 3 no NVIDIA GPU on this
+    host (run only); 4 no nccl-tests result rows in the output.
     """
 
 

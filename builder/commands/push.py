@@ -68,8 +68,10 @@ def register(cli: click.Group) -> None:
         (HEAD manifest) and ECR's (describe_images). An immutable tag that already holds this very
         image counts as pushed.
 
-        Exit codes: 0 every tag pushed and verified; 1 the push failed (after retries) or could not
-        be verified; 2 bad input; 3 an immutable tag already holds a different image.
+        Exit codes: 0 every tag pushed (or already present) and verified; 1 the push failed after
+        retries, the registry refused the token, or a digest could not be verified; 2 bad input
+        (unknown image, invalid reference, --registry or --region); 3 an immutable tag already
+        holds a different image.
         """
         from builder.ecr import EcrApi, check_registry
         from builder.push import Pusher

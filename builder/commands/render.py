@@ -42,6 +42,11 @@ def render_cmd(state, names, all_, out_dir, check, to_stdout, sets, with_, witho
     builder render --all --check         exit 1 when images/ is out of date (CI)
     builder render NAME --set nccl=2.23.4 --with xformers --stdout
                                          one custom Dockerfile for review
+
+    NAME --stdout validates what that image needs (the file's top level and its entry), not
+    every image. Exit codes: 0 written or up to date; 1 --check found images/ stale (a file
+    missing, different, or no longer in the matrix); 2 bad input (invalid matrix, unknown
+    image, a bad --set/--with/--without, which are re-validated like the matrix).
     """
     custom = bool(sets or with_ or without)
     if custom or to_stdout:
