@@ -9,7 +9,6 @@ the render module only, not the Docker, registry and AWS code of the other verbs
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import signal
 import sys
 from pathlib import Path
@@ -78,6 +77,8 @@ VERBS = {
 
 
 def _command_modules() -> list[str]:
+    import pkgutil
+
     from builder import commands
 
     return sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_"))

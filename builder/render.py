@@ -229,15 +229,19 @@ def _pip_names(requirements) -> list[str]:
 
 
 def _bytecode_cache() -> jinja2.BytecodeCache | None:
-    """Compiled stanza templates kept between runs in ~/.cache/builder/jinja (jinja2 checks each
-    against its source's checksum and its own version): compiling them is most of a one-image
-    render's time otherwise. None (no cache) where that folder cannot be written."""
-    try:
-        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "builder" / "jinja"
-        folder.mkdir(parents=True, exist_ok=True)
-    except (OSError, RuntimeError):  # RuntimeError: no home folder to expand
+    """Compiled stanza templates kept between runs in <cache>/jinja (jinja2 checks each against
+    its source's checksum and its own version): compiling them is most of a one-image render's
+    time otherwise. None (no cache) where that folder cannot be written or caching is off."""
+    from builder.render_cache import cache_dir
+
+    folder = cache_dir()
+    if folder is None:
         return None
-    return jinja2.FileSystemBytecodeCache(str(folder)) if os.access(folder, os.W_OK) else None
+    try:
+        (folder / "jinja").mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(folder / "jinja")) if os.access(folder / "jinja", os.W_OK) else None
 
 
 class _Lenient(dict):

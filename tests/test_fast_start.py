@@ -59,3 +59,49 @@ def test_a_mistyped_name_still_gets_the_whole_matrix_and_a_did_you_mean(tmp_path
     path.write_text(dump(matrix(dict(NVIDIA, name="pt-nvidia"), DLC)))
     typo = CliRunner().invoke(cli, ["--matrix", str(path), "render", "pt-nvdia", "--stdout"])
     assert typo.exit_code == 2 and "did you mean 'pt-nvidia'" in typo.output
+
+
+def _imported(result, module: str) -> bool:
+    """Whether -X importtime's report (on stderr) lists ``module``."""
+    return any(line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() == module
+               for line in result.stderr.splitlines())
+
+
+def _render(repo_root, matrix_path, name, env):
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", "builder", "--matrix", str(matrix_path),
+                           "render", name, "--stdout"], capture_output=True, text=True, cwd=repo_root, env=env)
+
+
+def test_an_unchanged_render_is_printed_from_the_cache_and_any_change_is_a_miss(repo_root, tmp_path):
+    import os
+
+    env = {**os.environ, "BUILDER_CACHE_DIR": str(tmp_path / "cache")}
+    path = tmp_path / "matrix.yaml"
+    path.write_text(dump(matrix(NVIDIA)))
+    (tmp_path / "matrix.lock.json").write_text('{"schema": 1, "images": {}}\n')  # warns: base not locked
+    first = _render(repo_root, path, "nv", env)
+    again = _render(repo_root, path, "nv", env)
+    assert first.returncode == again.returncode == 0, first.stderr
+    assert again.stdout == first.stdout and "FROM nvcr.io/nvidia/pytorch:24.09-py3" in first.stdout
+    warnings = [line for line in first.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings and warnings == [line for line in again.stderr.splitlines() if line.startswith("warning:")]
+    assert _imported(first, "jinja2") and not _imported(again, "jinja2") and not _imported(again, "yaml")
+
+    path.write_text(dump(matrix(dict(NVIDIA, components={**NVIDIA["components"], "efa": "1.34.0"}))))
+    changed = _render(repo_root, path, "nv", env)
+    assert changed.returncode == 0 and _imported(changed, "jinja2") and changed.stdout != first.stdout
+
+    off = _render(repo_root, path, "nv", {**env, "BUILDER_NO_CACHE": "1"})
+    assert off.stdout == changed.stdout and _imported(off, "jinja2")
+
+
+def test_a_failed_render_is_never_stored(repo_root, tmp_path):
+    import os
+
+    env = {**os.environ, "BUILDER_CACHE_DIR": str(tmp_path / "cache")}
+    path = tmp_path / "matrix.yaml"
+    path.write_text(dump(matrix(dict(NVIDIA, components={**NVIDIA["components"], "efa": "1.35.0;id"}))))
+    for _ in range(2):
+        bad = _render(repo_root, path, "nv", env)
+        assert bad.returncode == 2 and "components.efa" in bad.stderr
+    assert not list((tmp_path / "cache").glob("render/*.json"))

@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "builder"
 CORE = frozenset({
     "builder", "builder.errors", "builder.yamlio", "builder.facts", "builder.components",
     "builder.stanzas", "builder.matrix", "builder.rules", "builder.render", "builder.imageref",
-    "builder.labels", "builder.lockfile",
+    "builder.labels", "builder.lockfile", "builder.render_cache",
 })
 # What loading and rendering may never pull in: network clients and engine SDKs. (The standard
 # library's subprocess module is imported, never called, by packaging.tags, which
