@@ -28,7 +28,6 @@ import math
 import re
 import statistics
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from builder.nccl.prefix import LAUNCHER_MPIRUN, LAUNCHER_SRUN, split_prefix  # noqa: F401 (re-exported)
 from builder.nccl.results import (  # noqa: F401 (re-exported: the model this parser builds)
@@ -425,9 +424,3 @@ def parse_text(text: str, logs: str = "", collective: str | None = None) -> Nccl
         extra = f"{len(runs) - 1} more result table(s) follow in this output (parse_runs reads them all)"
         return replace(runs[0], warnings=(*runs[0].warnings, extra))
     return runs[0]
-
-
-def parse_file(path, log_paths=(), collective: str | None = None) -> NcclRun:
-    """``parse_text`` of a file (e.g. a Slurm job's output), with NCCL_DEBUG_FILE logs read alongside."""
-    logs = "\n".join(Path(p).read_text(errors="replace") for p in log_paths)
-    return parse_text(Path(path).read_text(errors="replace"), logs, collective)
