@@ -29,7 +29,7 @@ import re
 import statistics
 from dataclasses import dataclass, field, replace
 
-from builder.nccl.prefix import LAUNCHER_MPIRUN, LAUNCHER_SRUN, split_prefix  # noqa: F401 (re-exported)
+from builder.nccl.prefix import LAUNCHER_MPIRUN, LAUNCHER_SRUN, rank_key, split_prefix, split_streams  # noqa: F401
 from builder.nccl.results import (  # noqa: F401 (re-exported: the model this parser builds)
     Device,
     Measure,
@@ -298,24 +298,6 @@ def _parse_stream(lines: list[tuple[int, str]]) -> list[_Table]:
 # --- entry points ----------------------------------------------------------------------------------
 
 
-def _split_streams(text: str) -> tuple[str | None, dict[str | None, list[tuple[int, str]]], list[str]]:
-    launchers: dict[str, int] = {}
-    streams: dict[str | None, list[tuple[int, str]]] = {}
-    contents: list[str] = []
-    for index, line in enumerate(text.splitlines()):
-        launcher, rank, content = split_prefix(line)
-        if launcher:
-            launchers[launcher] = launchers.get(launcher, 0) + 1
-        streams.setdefault(rank, []).append((index, content))
-        contents.append(content)
-    launcher = max(launchers, key=launchers.get) if launchers else None
-    return launcher, streams, contents
-
-
-def _rank_key(label: str | None) -> tuple[int, int]:
-    return (0, -1) if label is None else (1, int(label))
-
-
 def _binary_mentions(contents: list[str]) -> list[tuple[int, str]]:
     """(line index, 'x_perf') for command lines and echoes naming an nccl-tests binary."""
     found = []
@@ -345,7 +327,7 @@ def parse_runs(text: str, logs: str = "", collective: str | None = None) -> list
     NCCL_DEBUG output kept apart from the results (NCCL_DEBUG_FILE); the transport verdict reads
     both. Raises NoResults when there is no result row at all (with the transport it found).
     """
-    launcher, streams, contents = _split_streams(text)
+    launcher, streams, contents = split_streams(text)
     transport = detect_transport(text.splitlines() + logs.splitlines())
     with_tables = {label: tables for label, lines in streams.items() if (tables := _parse_stream(lines))}
     if not with_tables:
@@ -354,7 +336,7 @@ def parse_runs(text: str, logs: str = "", collective: str | None = None) -> list
             transport,
         )
     warnings: list[str] = []
-    label = min(with_tables, key=_rank_key)
+    label = min(with_tables, key=rank_key)
     if len(with_tables) > 1:
         warnings.append(
             f"{len(with_tables)} ranks each printed a result table: nccl-tests was probably built without MPI "

@@ -37,3 +37,21 @@ def split_prefix(line: str) -> tuple[str | None, str | None, str]:
     return launcher, label, content
 
 
+def split_streams(text: str) -> tuple[str | None, dict[str | None, list[tuple[int, str]]], list[str]]:
+    """(the launcher most lines carry, rank label -> its (line index, content) pairs, every
+    line's content without prefixes)."""
+    launchers: dict[str, int] = {}
+    streams: dict[str | None, list[tuple[int, str]]] = {}
+    contents: list[str] = []
+    for index, line in enumerate(text.splitlines()):
+        launcher, rank, content = split_prefix(line)
+        if launcher:
+            launchers[launcher] = launchers.get(launcher, 0) + 1
+        streams.setdefault(rank, []).append((index, content))
+        contents.append(content)
+    launcher = max(launchers, key=launchers.get) if launchers else None
+    return launcher, streams, contents
+
+
+def rank_key(label: str | None) -> tuple[int, int]:
+    return (0, -1) if label is None else (1, int(label))
