@@ -33,6 +33,13 @@ _REST_RE = re.compile(
 )
 IMAGE_ID_RE = re.compile(r"^(?:sha256:)?[a-f0-9]{12,64}\Z")  # what `docker images -q` prints
 NAME_MAX = 255  # reference.go NameTotalLengthMax: registry and path together
+# Docker Hub's names (normalize.go: defaultDomain, legacyDefaultDomain; the registry API host).
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+# Names Docker itself treats as Docker Hub (the CLI's default index and its historical hosts).
+DOCKER_HUB_ALIASES = frozenset({DOCKER_HUB, "index.docker.io", DOCKER_HUB_API})
+# Where `docker login` (and Docker Desktop, pass, secretservice) keeps the Docker Hub login.
+DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
 
 
 def split_registry(ref: str) -> tuple[str | None, str]:
