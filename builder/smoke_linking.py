@@ -20,7 +20,13 @@ from __future__ import annotations
 
 import re
 
+from packaging.version import InvalidVersion, Version
+
 from builder.buildkit import last_line
+
+# Libraries the host supplies at run time (the NVIDIA container toolkit mounts the driver's):
+# an ldd check with driver_libs: true tolerates these, never anything else.
+DRIVER_LIBS = ("libcuda.so.1", "libnvidia-ml.so.1")
 
 # "ldd<TAB>path" then ldd's output, for each ELF file (executable or shared library) under $1.
 LDD_TREE_SCRIPT = r"""
@@ -91,8 +97,14 @@ def parse_ldd_tree(output: str, allow: tuple[str, ...]) -> tuple[list[str], dict
     return files, missing
 
 
+def nccl_matches(found: str, expected: str) -> bool:
+    try:
+        return Version(found) == Version(expected)
+    except InvalidVersion:
+        return found == expected
+
+
 def ldd_tree(smoker, path, driver_libs=True):
-    from builder.smoke import DRIVER_LIBS
     allow = DRIVER_LIBS if driver_libs else ()
     proc = smoker.box.exec(["/bin/sh", "-c", LDD_TREE_SCRIPT, "sh", path])
     if proc.returncode != 0 or "__builder_ldd_done__" not in proc.stdout:
@@ -106,11 +118,6 @@ def ldd_tree(smoker, path, driver_libs=True):
     return True, f"{len(files)} files resolve"
 
 
-def _versions_equal(found: str, expected: str) -> bool:
-    from builder.smoke import nccl_matches
-    return nccl_matches(found, expected)
-
-
 def nccl_linked(smoker, path, version):
     if not smoker.python:
         return False, "no python in the image to call ncclGetVersion"
@@ -121,7 +128,7 @@ def nccl_linked(smoker, path, version):
     if kind != "lib":
         return False, f"{path}: {rest}"
     where, _, found = rest.rpartition(" ")
-    if not _versions_equal(found, version):
+    if not nccl_matches(found, version):
         return False, (f"{path} loads NCCL {found} from {where}, the matrix pins {version} "
                        "(it links another NCCL than the pinned one, e.g. the base image's libnccl2)")
     return True, f"{path} loads NCCL {found} from {where}"
