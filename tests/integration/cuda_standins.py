@@ -24,7 +24,8 @@ What each part imitates, and where that is documented:
   ``/usr/include/nccl.h``. Here both are real Debian packages made from NVIDIA's
   ``nvidia-nccl-cu13`` wheel (its libnccl.so.2 and nccl.h), so ``apt-get remove libnccl2`` (the
   nccl-source stanza) and a link that picks the base's library behave as with NVIDIA's images.
-- The NGC parts (ngc flavor of the stand-in): Python, a ``torch`` module reporting versions, the
+- The NGC parts (ngc flavor of the stand-in): Python, a ``torch`` module reporting versions (its
+  NCCL through ncclGetVersion of the loader's libnccl.so.2, as NGC's PyTorch links it), the
   Mellanox/ibverbs packages remove-conflicts removes, HPC-X's ``/opt/hpcx`` and
   ``/usr/local/mpi`` with ``OPAL_PREFIX``, as standins.ngc_standin does (NGC PyTorch release notes).
 
@@ -49,7 +50,7 @@ from pathlib import Path
 
 import standins
 
-RECIPE = "cuda-standin-1"  # bump when the recipe below changes
+RECIPE = "cuda-standin-2"  # bump when the recipe below changes
 CUDA_VERSION = "13.0.2"  # what CUDA_VERSION says; the toolkit pieces are of the 13.0 release
 CUDA_DIR = "/usr/local/cuda-13.0"
 TARGET = f"{CUDA_DIR}/targets/x86_64-linux"
@@ -180,7 +181,22 @@ def _ngc_parts(box: "standins.Chroot", ships: dict) -> None:
     box.write("/usr/local/mpi/bin/mpirun", fake_mpirun, 0o755)
     box.write("/opt/hpcx/nccl_rdma_sharp_plugin/lib/README.fixture", "SHARP plugin stand-in\n")
     box.write("/opt/hpcx/ucx/lib/README.fixture", "UCX stays: import torch needs it since NGC 23.09\n")
-    standins.standin_torch(box, ships["pytorch"], ships.get("nccl"))
+    dynamic_torch(box, ships["pytorch"])
+
+
+def dynamic_torch(box: "standins.Chroot", version: str) -> None:
+    """A `torch` module that only reports versions, with NGC's NCCL linking: NGC's PyTorch uses
+    the container's libnccl.so.2 (it is built against the system NCCL, not a bundled copy), so
+    torch.cuda.nccl.version() is what ncclGetVersion of the loader's libnccl.so.2 says; a stanza
+    that replaces the NCCL changes what PyTorch reports."""
+    site = "/usr/local/lib/python3.11/dist-packages/torch"
+    box.write(f"{site}/__init__.py", f'"""Stand-in torch (test fixture): versions only."""\n'
+              f'__version__ = "{version}+standin"\nfrom . import cuda  # noqa: E402,F401\n')
+    box.write(f"{site}/cuda/__init__.py", "from . import nccl  # noqa: F401\n")
+    box.write(f"{site}/cuda/nccl.py",
+              "import ctypes\n\n\ndef version():\n    code = ctypes.c_int(0)\n"
+              "    ctypes.CDLL('libnccl.so.2').ncclGetVersion(ctypes.byref(code))\n"
+              "    major, rest = divmod(code.value, 10000)\n    return (major, *divmod(rest, 100))\n")
 
 
 def cuda_standin(ships: dict, ngc: bool) -> str:
