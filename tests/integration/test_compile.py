@@ -145,7 +145,7 @@ def _base_ref(project) -> str:
     return next(line.split()[1] for line in text.splitlines() if line.startswith("FROM "))
 
 
-def test_missing_hwloc_fails_naming_the_stanza(compile_proj, compiled, tmp_path):
+def test_missing_hwloc_fails_naming_the_stanza(compile_proj, tmp_path):
     """A deliberate defect: the real templates with libhwloc-dev taken out of aws-ofi-nccl's apt
     list (a copy of the package and templates), built with the real CLI: configure stops at
     aws-ofi-nccl's CHECK_PKG_HWLOC, and the failure names the stanza."""
