@@ -21,6 +21,7 @@ from packaging.version import Version
 
 from builder import components as comp
 from builder import facts
+from builder import slurm_pyxis
 from builder.errors import BuilderError, UsageError
 from builder.matrix import ENV_NAME_RE, ENV_VALUE_RE, NCCL_VERSION_RE, VERSION_RE
 
@@ -228,6 +229,8 @@ class Job:
     output: str = DEFAULT_OUTPUT
     exclusive: bool = True
     container_mounts: tuple[str, ...] = ()
+    container_name: str | None = None  # pyxis --container-name: the unpacked image kept and reused
+    login_shell: bool = False  # True: leave enroot's login shell on (the image's /etc/profile runs)
     extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     @property
@@ -280,6 +283,11 @@ class Job:
                 problems.append(f"--container-mount {mount!r} must be SRC[:DST[:ro|rw]] with absolute paths")
         if self.container_mounts and self.sqsh is None:
             problems.append("--container-mount needs a container (drop --no-container)")
+        if self.container_name is not None:
+            if not slurm_pyxis.CONTAINER_NAME_RE.fullmatch(self.container_name):
+                problems.append(f"--container-name {self.container_name!r} must be letters, digits and ._- (at most 64)")
+            if self.sqsh is None:
+                problems.append("--container-name needs a container (drop --no-container)")
         for name, value in self.extra_env:
             if not ENV_NAME_RE.fullmatch(name) or not ENV_VALUE_RE.fullmatch(value):
                 problems.append(f"--env {name + '=' + value!r} must be NAME=VALUE with NAME in [A-Z0-9_] and a plain value")
@@ -361,26 +369,29 @@ def render_sbatch(job: Job, versions: Versions, env: list[EnvVar] | None = None)
     if job.time_limit:
         lines.append(f"#SBATCH --time={job.time_limit}")
     lines += [f"#SBATCH --output={job.output}", "", "set -euo pipefail", ""]
-    where = "srun passes the job environment into the container" if job.sqsh else "srun passes it to every task"
+    where = ("srun passes them into the container; --container-env makes them win over the image's"
+             if job.sqsh else "srun passes it to every task")
     lines.append(f"# EFA/NCCL environment for these versions ({where}).")
     for var in env:
         lines.append(f"# {var.why}")
         lines.append(f"export {var.name}={q(var.value)}")
     lines.append("")
-    srun = ["srun"]
+    srun, wrap = ["srun"], []
     if job.sqsh is not None:
+        lines += slurm_pyxis.script_lines(job.login_shell)
         lines.append(f"IMAGE={q(job.sqsh)}")
         lines.append("")
-        srun += ["--container-image", '"$IMAGE"']
+        srun += ["--container-image", '"$IMAGE"', *slurm_pyxis.srun_args(job.container_name, [v.name for v in env])]
         if job.container_mounts:
             srun += [f"--container-mounts={q(','.join(job.container_mounts))}"]
+        wrap = slurm_pyxis.wrap_argv()
     else:
         lines.append("# --no-container: the benchmark runs on the nodes themselves, without pyxis.")
     # pmix: nccl-tests built with MPI=1 wires its ranks up through Slurm's PMIx server.
     # --label: "N: " before every line, so each rank's NCCL lines (and a build without MPI, where
     # every rank prints its own table) can be told apart by `builder nccl parse`.
     srun += ["--mpi=pmix", "--cpu-bind=none", "--label"]
-    bench = [q(a) for a in job.benchmark_argv()]
+    bench = wrap + [q(a) for a in job.benchmark_argv()]
     # Names the table in the output: nccl-tests before 2.17 does not print the collective.
     lines.append(f"echo {q(f'nccl-tests: {job.test}_perf on {job.nodes} node(s) x {job.ntasks_per_node} task(s)')}")
     lines.append(" ".join(srun) + " \\")
