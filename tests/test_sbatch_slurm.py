@@ -46,7 +46,7 @@ def test_pyxis_script_is_accepted_by_slurmctld(slurm_cluster, tmp_path, monkeypa
     assert res.exit_code == 0, res.output + slurm_cluster.logs()
     assert re.search(r"accepted by slurmctld: .*Job \d+ to start at .* on nodes localhost", res.output), res.output
     text = (tmp_path / "pyxis.sbatch").read_text()
-    assert 'srun --container-image "$IMAGE" --mpi=pmix' in text
+    assert 'srun --container-image "$IMAGE" --container-env=' in text and "export ENROOT_LOGIN_SHELL=n" in text
 
 
 def test_slurmctld_rejection_is_reported(slurm_cluster, tmp_path, monkeypatch):

@@ -14,8 +14,10 @@ Not testable here: more than one node, GPUs, EFA devices, non-root users (see do
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,7 +26,9 @@ import pytest
 import standins
 from slurm_support import as_printed, pyxis_cluster, recorded_output  # noqa: F401  (session fixture)
 
+from builder import smoke_login_shell
 from builder.nccl.parse import parse_text
+from builder.smoke import Container
 from builder.smoke_login_shell import parse_environ
 
 pytestmark = pytest.mark.integration
@@ -95,6 +99,17 @@ def sbatch(project, cluster, cwd: Path, *args: str) -> tuple[subprocess.Complete
     return proc, summary
 
 
+@contextlib.contextmanager
+def squashfuse(cluster):
+    """pyxis use_squashfuse=1 for the steps started inside (enroot mounts the .sqsh: seconds faster
+    per job than unpacking it; enroot starts the container the same way, src/runtime.sh runtime::_start)."""
+    cluster.set_pyxis_options(use_squashfuse="1")
+    try:
+        yield
+    finally:
+        cluster.set_pyxis_options()
+
+
 def report_lines(text: str) -> dict[str, str]:
     """The image report of rank 0 ('0: # image on HOST: NAME=VALUE') as a dict."""
     out = {}
@@ -152,32 +167,65 @@ def test_job_runs_in_the_image_with_its_environment_and_its_output_is_read(
     assert "PASS: all_reduce_perf on 2 x p5.48xlarge" in judged.stdout
 
 
-def test_login_shell_trap_is_real_caught_by_smoke_and_avoided_by_the_script(
-        build_project, pyxis_cluster, exported, tmp_path):
+def test_login_shell_trap_is_real_caught_by_smoke_and_avoided_by_the_script(pyxis_cluster, exported, tmp_path):
     """Under enroot's default login shell the stand-in base's Debian /etc/profile resets PATH:
-    a bare `srun --container-image` loses the image's PATH, smoke warns about exactly the entries
-    the job lost, and the documented setting (ENROOT_LOGIN_SHELL=n, what the script exports) keeps it."""
+    a bare `srun --container-image` loses the image's PATH, smoke's login-shell check finds
+    exactly the entries the job lost, and the documented setting (ENROOT_LOGIN_SHELL=n, what the
+    script exports) keeps them."""
     sqsh, baked = exported
     probe = ["srun", "--container-image", str(sqsh), "sh", "-c",
              'echo "PATH=$PATH"; echo "mpirun=$(command -v mpirun || echo missing)"']
     env = {k: v for k, v in pyxis_cluster.env.items() if k != "ENROOT_LOGIN_SHELL"}
-    bare = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    with squashfuse(pyxis_cluster):
+        bare = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+        immune = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                                env={**env, "ENROOT_LOGIN_SHELL": "n"})
     assert bare.returncode == 0, bare.stderr + pyxis_cluster.logs()
     seen = dict(line.split("=", 1) for line in bare.stdout.splitlines() if "=" in line)
     assert seen == {"PATH": DEBIAN_ROOT_PATH, "mpirun": "missing"}
-
-    immune = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={**env, "ENROOT_LOGIN_SHELL": "n"})
     assert immune.returncode == 0, immune.stderr
     assert f"PATH={baked['PATH']}" in immune.stdout and "mpirun=/opt/amazon/openmpi/bin/mpirun" in immune.stdout
 
-    smoked = build_project.cli("smoke", "itest-nvidia", "--image", IMAGE, "--json")
-    checks = [c for c in json.loads(smoked.stdout)["checks"] if c["kind"] == "login-shell"]
-    root = next(c for c in checks if c["args"] == {"user": "root"})
-    assert root["warn"] and root["ok"] and "ENROOT_LOGIN_SHELL" in root["detail"]
+    # smoke's check, on the same image in Docker, predicts what enroot did.
+    config = json.loads(subprocess.run([DOCKER, "image", "inspect", "--format", "{{json .Config}}", IMAGE],
+                                       capture_output=True, text=True, check=True).stdout)
+    with Container(DOCKER, IMAGE, "login-shell") as box:
+        found = {args["user"]: (warn, detail) for args, warn, detail in
+                 smoke_login_shell.results(DOCKER, box.name, config)}
     lost = [p for p in baked["PATH"].split(":") if p not in DEBIAN_ROOT_PATH.split(":")]
-    assert f"drops {', '.join(lost)} from PATH" in root["detail"]
-    assert {c["args"]["user"] for c in checks if c["warn"]} == {"root", "user"}
+    warn, detail = found["root"]
+    assert warn and f"drops {', '.join(lost)} from PATH" in detail and "ENROOT_LOGIN_SHELL" in detail
+    assert found["user"][0]  # Debian's /etc/profile sets PATH for other users too
+
+
+def test_smoke_reports_the_login_shell_check(build_project, tmp_path):
+    """`builder smoke` runs the check: WARN for an image whose /etc/profile sets PATH, PASS once
+    it does not (a two-megabyte image made from this machine's busybox, so it is quick)."""
+    busybox = shutil.which("busybox")
+    assert busybox, "busybox-static is missing (scripts/setup-host.sh installs it)"
+    root = tmp_path / "rootfs"
+    for folder in ("bin", "etc", "root", "tmp", "opt/tools/bin"):
+        (root / folder).mkdir(parents=True)
+    shutil.copy(busybox, root / "bin/busybox")
+    for applet in ("sh", "env", "cat", "find", "grep", "sed", "sort", "ls", "sleep", "cksum", "id"):
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/profile").write_text('PATH="/usr/local/bin:/usr/bin:/bin"\nexport PATH\n')
+    results = {}
+    for tag, profile in (("resets-path", None), ("keeps-path", "# nothing here sets PATH\n")):
+        if profile is not None:
+            (root / "etc/profile").write_text(profile)
+        ref = f"builder-itest/login-shell:{tag}"
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run([DOCKER, "import", "--change", "ENV PATH=/opt/tools/bin:/bin", "-", ref], stdin=tar.stdout,
+                       check=True, capture_output=True)
+        tar.wait()
+        proc = build_project.cli("smoke", ref, "--json")
+        subprocess.run([DOCKER, "rmi", ref], capture_output=True)
+        results[tag] = [c for c in json.loads(proc.stdout)["checks"] if c["kind"] == "login-shell"]
+    assert [(c["args"]["user"], c["warn"]) for c in results["resets-path"]] == [("root", True), ("user", True)]
+    assert "drops /opt/tools/bin from PATH" in results["resets-path"][0]["detail"]
+    assert [(c["stanza"], c["ok"], c["warn"]) for c in results["keeps-path"]] == [("enroot", True, False)] * 2
 
 
 def test_named_container_is_reused_by_a_second_job(build_project, pyxis_cluster, exported, tmp_path):
@@ -209,12 +257,9 @@ def test_use_squashfuse_mounts_the_image_instead_of_unpacking_it(build_project, 
     results = tmp_path / "results"
     results.mkdir()
     containers_before = pyxis_cluster.enroot("list").stdout.split()
-    pyxis_cluster.set_pyxis_options(use_squashfuse="1")
-    try:
+    with squashfuse(pyxis_cluster):
         proc, summary = sbatch(build_project, pyxis_cluster, tmp_path, "--sqsh", str(sqsh),
                                "--container-mount", f"{results}:/results", "-o", "fuse.sbatch")
-    finally:
-        pyxis_cluster.set_pyxis_options()
     assert proc.returncode == 0, proc.stdout + proc.stderr + pyxis_cluster.logs()
     # enroot started the .sqsh itself: the root is an overlay over the squashfuse mount in enroot's
     # runtime path (enroot src/runtime.sh: runtime::_mount_rootfs), and no container was created.
@@ -227,8 +272,9 @@ def test_use_squashfuse_mounts_the_image_instead_of_unpacking_it(build_project, 
 
 def test_a_binary_missing_from_the_image_is_named_and_fails_the_job(build_project, pyxis_cluster, exported, tmp_path):
     sqsh, _ = exported
-    proc, summary = sbatch(build_project, pyxis_cluster, tmp_path, "--sqsh", str(sqsh),
-                           "--tests-dir", "/opt/not-nccl-tests", "-o", "missing.sbatch")
+    with squashfuse(pyxis_cluster):
+        proc, summary = sbatch(build_project, pyxis_cluster, tmp_path, "--sqsh", str(sqsh),
+                               "--tests-dir", "/opt/not-nccl-tests", "-o", "missing.sbatch")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert summary["exit_code"] != 0
     output = Path(summary["output"]).read_text()
