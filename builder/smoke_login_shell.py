@@ -27,6 +27,10 @@ from typing import Mapping
 # jobs run as the user; Debian's /etc/profile sets a different PATH for each).
 USERS = (("root", "0:0", "/root"), ("user", "1000:1000", "/nonexistent"))
 TIMEOUT = 60.0
+# The system's own bin folders: a login PATH for ordinary users leaves out the sbin ones (Debian's
+# /etc/profile), which is no finding; losing any other folder the image put on PATH is.
+SYSTEM_DIRS = frozenset(("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin",
+                         "/usr/local/games", "/usr/games"))
 # Run as the login shell of the image: bash when it has one, else sh; prints the environment the
 # shell ends with, NUL-separated, as pyxis reads it (pyxis_slurmstepd.c: read_proc_environ).
 PROBE = ('if [ -x /bin/bash ]; then s=/bin/bash; else s=/bin/sh; fi; '
@@ -67,14 +71,24 @@ def compare(baked: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
             changes.append(f"unsets {name}")
         elif after[name] != value:
             if name.endswith("PATH"):
-                lost = [p for p in value.split(":") if p and p not in after[name].split(":")]
-                if lost:
-                    changes.append(f"drops {', '.join(lost)} from {name}")
-                    continue
-                if after[name].startswith(value + ":"):
-                    continue  # only appended to: the image's entries still come first
+                phrase = _path_change(name, value, after[name])
+                if phrase:
+                    changes.append(phrase)
+                continue
             changes.append(f"changes {name} from {value!r} to {after[name]!r}")
     return changes
+
+
+def _path_change(name: str, before: str, after: str) -> str | None:
+    """A PATH-like list: entries of the image lost or put in another order (system folders aside)."""
+    mine = [p for p in before.split(":") if p and p not in SYSTEM_DIRS]
+    now = after.split(":")
+    lost = [p for p in mine if p not in now]
+    if lost:
+        return f"drops {', '.join(lost)} from {name}"
+    if [p for p in now if p in mine] != list(dict.fromkeys(mine)):
+        return f"reorders {name} from {before!r} to {after!r}"
+    return None
 
 
 def results(docker: str, container: str, config: Mapping) -> list[tuple[dict, bool, str]]:

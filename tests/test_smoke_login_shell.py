@@ -28,6 +28,12 @@ def test_compare_names_lost_path_entries_and_changed_or_unset_variables():
     ]
     # Additions by the login shell (HOME, SHLVL, a longer PATH) are not findings.
     assert login.compare(baked, {**baked, "PATH": IMAGE_PATH + ":/usr/games", "SHLVL": "1"}) == []
+    # Nor is an ordinary user's login PATH without the sbin folders (Debian's /etc/profile) when
+    # the image added nothing of its own.
+    user_path = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
+    assert login.compare({"PATH": DEBIAN_ROOT_PATH}, {"PATH": user_path}) == []
+    assert login.compare({"PATH": "/opt/a/bin:/opt/b/bin:/bin"}, {"PATH": "/opt/b/bin:/opt/a/bin:/bin"}) == [
+        "reorders PATH from '/opt/a/bin:/opt/b/bin:/bin' to '/opt/b/bin:/opt/a/bin:/bin'"]
 
 
 def test_the_shell_gets_the_image_env_plus_what_enroot_switchroot_adds():

@@ -92,7 +92,7 @@ def exported(build_project, tmp_path_factory):
 def sbatch(project, cluster, cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     """`builder sbatch itest-nvidia ... --wait --json` against the pyxis cluster, run in cwd."""
     argv = [*project.cli_argv(), "sbatch", "itest-nvidia", "--nodes", "1", "--ntasks-per-node", str(TASKS),
-            "--time", "5", "--wait", "--json", *args]
+            "--time", "5", "--submit", "--wait", "--json", *args]
     proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600,
                           env={**project.cli_env(), "SLURM_CONF": str(cluster.conf)})
     summary = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
