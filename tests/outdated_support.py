@@ -137,6 +137,8 @@ class Upstreams:
             return _send(handler, 404, b'{"message": "Not Found"}', "application/json", body)
         if parts.path.startswith("/efa/"):
             return self._efa(handler, parts.path[len("/efa/"):], body)
+        if m := re.match(r"^/v2/(.+)/tags/list\Z", parts.path):
+            return self._tags(handler, m.group(1), parse_qs(parts.query), body)
         return _send(handler, 404, b"not found", "text/plain", body)
 
     def _github(self, handler, parts, body: bool) -> None:
@@ -170,6 +172,22 @@ class Upstreams:
             links += [f'<{url}{page - 1}>; rel="prev"', f'<{url}1>; rel="first"']
         headers = dict(limits, **({"link": ", ".join(links)} if links else {}))
         return _send(handler, 200, json.dumps(chunk).encode(), "application/json; charset=utf-8", body, headers)
+
+    def _tags(self, handler, repo: str, query: dict, body: bool) -> None:
+        """Tag listing as the OCI distribution spec writes it ("Listing Tags"): lexical order,
+        at most ``n`` after ``last``, and ``Link: <...?n=<n>&last=<last tag>>; rel="next"`` while
+        more remain. docker-registry 2.8 (Debian's) ignores ``n`` for tags, hence this stand-in."""
+        tags = sorted(REGISTRY_TAGS.get(repo, {}))
+        if not tags:
+            return _send(handler, 404, b'{"errors": [{"code": "NAME_UNKNOWN"}]}', "application/json", body)
+        last = query.get("last", [""])[0]
+        rest = [t for t in tags if t > last]
+        n = int(query.get("n", [str(len(rest))])[0])
+        page = rest[:n]
+        headers = {}
+        if len(rest) > n:
+            headers["Link"] = f'</v2/{repo}/tags/list?n={n}&last={page[-1]}>; rel="next"'
+        return _send(handler, 200, json.dumps({"name": repo, "tags": page}).encode(), "application/json", body, headers)
 
     def _efa(self, handler, name: str, body: bool) -> None:
         if name == "aws-efa-installer.key":

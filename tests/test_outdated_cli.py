@@ -214,3 +214,43 @@ def test_the_bundled_matrix_against_the_fixtures(tmp_path, registry, upstreams, 
     assert errors and all(e.startswith("base dlc-") for e in errors)
     subjects = {f["subject"] for f in data["findings"]}
     assert {"efa", "nccl", "aws_ofi_nccl", "nccl_tests", "gdrcopy", "sagemaker_training", "base"} <= subjects
+
+
+def test_tag_lists_and_configs_through_lock_s_registry_client(tmp_path, registry, key):
+    """builder.lock's registry client, extended: the tag list of the real docker-registry (Basic
+    login from a Docker config, as lock reads it), an image config found through an OCI index;
+    and the spec's n/last pagination with Link headers, which docker-registry 2.8 does not do for
+    tags, against the stand-in that follows the spec (outdated_support.Upstreams._tags)."""
+    import requests
+
+    from builder.lock import Credentials
+    from builder.outdated.families import family_of
+    from builder.outdated.registry import TagLister, ships_from_config
+    from outdated_support import REGISTRY_TAGS
+
+    asked = []
+
+    class Counting(requests.Session):
+        def request(self, method, url, *args, **kwargs):
+            asked.append(url)
+            return super().request(method, url, *args, **kwargs)
+
+    login = registry.docker_config(tmp_path / "login") / "config.json"
+    lister = TagLister(Credentials(docker_config=login), timeout=10, session=Counting())
+    expected = sorted(REGISTRY_TAGS["deep-learning-containers/pytorch"])
+    tags = lister.tags(f"{registry.host}/deep-learning-containers/pytorch:2.11-cu130-amzn2023-sagemaker")
+    assert sorted(tags) == expected
+    assert family_of("2.11-cu130-amzn2023-sagemaker").newer("2.11-cu130-amzn2023-sagemaker", tags) == \
+        ["2.12-cu130-amzn2023-sagemaker", "2.13-cu133-amzn2023-sagemaker"]
+    config = lister.image_config(f"{registry.host}/nvidia/pytorch:25.11-py3")  # an OCI index -> linux/amd64
+    assert ships_from_config(config) == {"nccl": "2.28.7", "cuda": "13.0.2", "pytorch": "2.10.0a0"}
+
+    server = Upstreams(key).start()
+    try:
+        lister.page_size = 2
+        asked.clear()
+        paged = lister.tags(f"127.0.0.1:{server.port}/deep-learning-containers/pytorch:2.11-cu130-amzn2023")
+    finally:
+        server.stop()
+    assert paged == expected  # lexical order, every tag once
+    assert len(asked) == 5 and asked[1].endswith(f"?n=2&last={expected[1]}")  # 9 tags, 2 a page
