@@ -38,7 +38,8 @@ def table(result: Result, survey: Survey, written: bool = False) -> str:
             if written and f.verdict in ("valid", "base-only"):
                 verdict = "written"
             line = f"  {f.subject:<{width}}  {f.current} -> {f.newest} ({f.newer} newer): {verdict}"
-            details = [*f.notes, *f.reasons]
+            reasons = f.reasons[:2] + ([f"(+{len(f.reasons) - 2} more with --json)"] if len(f.reasons) > 2 else [])
+            details = [*f.notes, *reasons]
             out.append(line + ("; " + "; ".join(details) if details else ""))
     problems = source_lines(survey)
     if problems:
