@@ -13,7 +13,7 @@ from builder import components as comp
 from builder import facts
 from builder.outdated import versions as vers
 from builder.outdated.families import family_of
-from builder.outdated.plan import Edit, MatrixDocument, Outcome
+from builder.outdated.plan import MatrixDocument, Outcome
 from builder.outdated.upstream import Survey
 
 
@@ -190,11 +190,12 @@ def _notes(component, current, newest, spec, checksums, checksum) -> list[str]:
         if shipped and _safe_key(newest) > _safe_key(shipped):
             notes.append(f"newer than the base's NCCL {shipped} (the pin replaces it)")
     elif component == "aws_ofi_nccl":
-        if comp.ofi_git_tag(current) != comp.ofi_git_tag(newest) and comp.ofi_git_tag(newest).endswith("-aws") is False \
-                and comp.ofi_git_tag(current).endswith("-aws"):
+        if comp.ofi_git_tag(current).endswith("-aws") and not comp.ofi_git_tag(newest).endswith("-aws"):
             notes.append(f"git tag form changes to {comp.ofi_git_tag(newest)} (derived)")
         if spec.components.get("efa") and comp.efa_bundles_ofi(spec.components["efa"]):
             notes.append("this image's EFA installer bundles its own aws-ofi-nccl")
+    if component in vers.PYPI_COMPONENTS and Version(newest).major > Version(current).major:
+        notes.append(f"a new major version ({Version(current).major} -> {Version(newest).major}): read its release notes")
     return notes
 
 
