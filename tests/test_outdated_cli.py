@@ -254,3 +254,31 @@ def test_tag_lists_and_configs_through_lock_s_registry_client(tmp_path, registry
         server.stop()
     assert paged == expected  # lexical order, every tag once
     assert len(asked) == 5 and asked[1].endswith(f"?n=2&last={expected[1]}")  # 9 tags, 2 a page
+
+
+def test_a_registry_taken_for_ecr_is_asked_with_an_ecr_login(tmp_path):
+    """As `builder lock`: --ecr-registry makes the login come from ECR's get_authorization_token
+    (moto in server mode); the registry accepts the AWS:<token> login it decodes to."""
+    from push_support import MOTO_PASSWORD, MotoEcr, aws_env
+
+    moto = MotoEcr().start()
+    registry = AuthRegistry(tmp_path / "registry", "htpasswd", username="AWS", password=MOTO_PASSWORD).start()
+    try:
+        for tag in ("25.01-py3", "25.06-py3", "25.11-py3"):
+            from outdated_support import NGC_ENV, push_image
+
+            push_image(registry, "nvidia/pytorch", tag, NGC_ENV[tag], index=True)
+        matrix = project(tmp_path / "proj", registry.host)
+        env = {k: v for k, v in aws_env(moto.endpoint).items() if k.startswith("AWS_")}
+        env["DOCKER_CONFIG"] = str(tmp_path / "empty")  # no docker login: only ECR's can work
+        result = CliRunner().invoke(cli, ["--matrix", str(matrix), "outdated", "nvidia-ngc25.01-efa1.35-ofi", "--only",
+                                          "bases", "--json", "--ecr-registry", registry.host], env=env)
+        assert result.exit_code == 0, result.output
+        found = findings(result)
+        assert found[("nvidia-ngc25.01-efa1.35-ofi", "base")]["newest"] == "25.11-py3"
+        refused = CliRunner().invoke(cli, ["--matrix", str(matrix), "outdated", "nvidia-ngc25.01-efa1.35-ofi", "--only",
+                                           "bases", "--json"], env=env)
+        assert refused.exit_code == 4 and "docker login" in refused.output  # without ECR: no login at all
+    finally:
+        registry.stop()
+        moto.stop()
