@@ -85,7 +85,9 @@ def outdated_cmd(ctx, names, as_json, write, check_only, only, github_api, pypi_
     specs = matrix.select(names, all_=not names)
     document = plan.MatrixDocument(state.matrix_path, matrix.catalog)
     raw_checksums = document.doc.get("checksums") or {}
-    matrix_sums = {str(k): str(v) for k, v in (raw_checksums.get("efa_installer") or {}).items()}
+    # Pins keyed by version, or by file name (aws-efa-installer-<version>.tar.gz), as the matrix allows.
+    matrix_sums = {str(k).removeprefix("aws-efa-installer-").removesuffix(".tar.gz"): str(v)
+                   for k, v in (raw_checksums.get("efa_installer") or {}).items()}
     from builder import facts
 
     known_sums = {**facts.EFA_INSTALLER_SHA256, **matrix_sums}
@@ -132,8 +134,9 @@ def _exit(result, survey, verified, check_only) -> None:
 
     failed = [v for v in verified.values() if isinstance(v, Exception) and not isinstance(v, SourceError)]
     unreachable = [s.subject for s in survey.errors] + ["efa download" for v in verified.values() if isinstance(v, SourceError)]
-    if check_only and result.findings:
-        raise BuilderError(f"{len({(f.subject, f.current) for f in result.findings})} versions in the matrix have newer "
+    newer = [f for f in result.findings if f.verdict != "kept"]  # kept: older axis values, on purpose
+    if check_only and newer:
+        raise BuilderError(f"{len({(f.subject, f.current) for f in newer})} versions in the matrix have newer "
                            "upstream releases" + (f"; {len(unreachable)} sources could not be asked" if unreachable else ""))
     if failed:
         raise BuilderError("\n".join(str(e) for e in failed))

@@ -3,6 +3,7 @@ repository in its family. A source that cannot be asked is recorded and the othe
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -14,6 +15,7 @@ from builder.outdated.registry import TagLister, ships_from_config
 from builder.outdated.web import GITHUB_API, SourceError, Web
 
 PYPI_URL = "https://pypi.org"
+EFA_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+\Z")
 TRACKED = ("efa", *versions.GITHUB_COMPONENTS, *versions.PYPI_COMPONENTS)
 
 
@@ -86,7 +88,7 @@ def _bases(specs: Sequence) -> dict[str, str]:
 def _component(component: str, current: set[str], web: Web, endpoints: Endpoints, checksums: Mapping[str, str]) -> Source:
     try:
         if component == "efa":
-            known = set(current) | set(facts.EFA_INSTALLER_SHA256) | set(checksums)
+            known = {v for v in set(current) | set(facts.EFA_INSTALLER_SHA256) | set(checksums) if EFA_VERSION_RE.match(v)}
             found = efa.newest(web, endpoints.efa_template, known)
             return Source("efa", efa.tarball_url(endpoints.efa_template, "<version>"),
                           sorted(known | set(found.found), key=versions.key), note=found.note)
