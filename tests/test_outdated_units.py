@@ -232,3 +232,18 @@ def test_efa_probe_reports_a_skipped_version_number(upstreams):
     upstreams.efa_versions.remove("1.50.0")  # AWS publishing 1.51.0 without 1.50.0
     found = efa.newest(Web(timeout=10), upstreams.efa_template, ["1.47.0"])
     assert found.newest == "1.49.0" and "skipped a version" in found.note
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--efa-url", "http://example.com/aws-efa-installer-{version}.tar.gz"], "is not an https URL"),
+    (["--efa-url", "https://example.com/x.tar.gz"], "needs a {version} placeholder"),
+    (["--github-api", "ftp://example.com"], "--github-api"),
+    (["--only", "pytorch"], "Invalid value for '--only'"),
+    (["nope"], "no image named 'nope'"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, repo_root):
+    from bake_support import run_builder
+
+    result = run_builder("--matrix", str(repo_root / "matrix.yaml"), "outdated", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
