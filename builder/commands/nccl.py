@@ -236,7 +236,7 @@ def run_cmd(state, target, collectives, min_bytes, max_bytes, factor, iters, war
             click.echo(shlex.join(cmd))
         return
 
-    # GPUs first: a host without any exits 3 whatever the image (README), before a long pull.
+    # GPUs first: a host without any exits 3 whatever the image (its --help), before a long pull.
     available = runner.require_gpus()
     if gpus and gpus > available:
         raise UsageError(f"--gpus {gpus}: this host has {available} GPU(s)")

@@ -6,7 +6,7 @@ the network verdict), ``instances`` (hardware table), ``judge`` (NcclRun + insta
 ``report`` (JSON and text), ``plot`` (PNG), ``run`` (docker run of the nccl-tests binaries).
 ``builder.commands.nccl`` is the CLI.
 
-Exit codes of ``builder nccl run|judge|parse`` (README "nccl" section):
+Exit codes of ``builder nccl run|judge|parse`` (the nccl group's --help; docs/cli.md):
 """
 
 from __future__ import annotations
