@@ -223,7 +223,7 @@ def test_tag_lists_and_configs_through_lock_s_registry_client(tmp_path, registry
     tags, against the stand-in that follows the spec (outdated_support.Upstreams._tags)."""
     import requests
 
-    from builder.lock import Credentials
+    from builder.registry_auth import Credentials
     from builder.outdated.families import family_of
     from builder.outdated.registry import TagLister, ships_from_config
     from outdated_support import REGISTRY_TAGS
