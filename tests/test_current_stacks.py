@@ -225,3 +225,30 @@ def test_pmix_openmpi_replaces_the_installers_tree(write_matrix, renderer):
     text = renderer.render(load(write_matrix, entry).get("nv")).dockerfile
     body = text.split("--- pmix-openmpi")[1]
     assert body.index("rm -rf /opt/amazon/openmpi") < body.index("--prefix=/opt/amazon/openmpi")
+
+
+def test_al2023_plugin_directory_is_lib64():
+    # install_efa_amzn2023.sh: /opt/amazon/ofi-nccl/lib64/libnccl-net-ofi.so from EFA 1.44
+    assert comp.ofi_plugin("1.49.0", None, "amzn2023").net_lib == "/opt/amazon/ofi-nccl/lib64/libnccl-net-ofi.so"
+    assert comp.ofi_plugin("1.49.0", None, "ubuntu22.04").net_lib == "/opt/amazon/ofi-nccl/lib/libnccl-net-ofi.so"
+
+
+def test_blackwell_instances_and_rdma_read():
+    from builder.nccl.instances import INSTANCES, rdma_read
+
+    b200, gb200 = INSTANCES["p6-b200.48xlarge"], INSTANCES["p6e-gb200.36xlarge"]
+    assert (b200.gpus, b200.intra_peak, b200.network_peak) == (8, 900.0, 400.0)
+    assert (gb200.gpus, gb200.peak(2)) == (4, 200.0)
+    assert rdma_read("p3dn.24xlarge") is False and rdma_read("g5.48xlarge") is False
+    assert rdma_read("p4d.24xlarge") is True and rdma_read("p6-b200.48xlarge") is True and rdma_read("x1.32xlarge") is None
+
+
+def test_pytorch_source_from_27_links_a_system_nccl_and_skips_missing_magma(bundled_matrix, renderer):
+    new = renderer.render(bundled_matrix.get("source-pt2.10.0-cu130-nccl2.30")).dockerfile
+    assert "USE_SYSTEM_NCCL=1 USE_STATIC_NCCL=1 NCCL_INCLUDE_DIR=/opt/conda/include NCCL_LIB_DIR=/opt/conda/lib" in new
+    assert "third_party/nccl/nccl" not in new.split("--- pytorch-source")[1].split("\n# --- ")[0]
+    assert "conda install -y -c pytorch magma" not in new and "No magma: the last conda magma-cuda package" in new
+    assert "\"cmake<4\"" in new
+    assert "FORCE_CUDA=1 BUILD_VERSION=" in new
+    old = renderer.render(bundled_matrix.get("source-pt2.4.1-cu121-smddp2.5")).dockerfile
+    assert "conda install -y -c pytorch magma-cuda121" in old and "USE_SYSTEM_NCCL" not in old
