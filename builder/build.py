@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import Callable, Iterable
 
 from builder import build_report as rep
 from builder.bake import build_args
-from builder.build_log import Progress, step_stanzas
+from builder.build_log import Progress, Reporter, step_stanzas
 from builder.buildkit import Client, build_command, engine_answers, engine_down_message, image_inspect, last_line
 from builder.errors import BuilderError, UsageError
 from builder.matrix import ImageSpec
@@ -143,39 +142,6 @@ def dry_run_lines(plans: list[Plan], client: Client, log_dir: Path | None = None
     return lines
 
 
-class Reporter:
-    """Progress on stderr: one line per image, redrawn in place on a terminal, else one line
-    per change (CI logs)."""
-
-    def __init__(self, names: list[str], stream=None):
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.names = names
-        self.width = max(len(n) for n in names) if names else 0
-        self.lines = {n: "waiting" for n in names}
-        self.lock = threading.Lock()
-        self.drawn = 0
-
-    def note(self, text: str) -> None:
-        """A line above the progress lines (before the first is drawn)."""
-        with self.lock:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-
-    def update(self, name: str, text: str) -> None:
-        with self.lock:
-            self.lines[name] = text
-            if self.tty:
-                if self.drawn:
-                    self.stream.write(f"\x1b[{self.drawn}F")
-                for n in self.names:
-                    self.stream.write(f"\x1b[2K[{n:<{self.width}}] {self.lines[n]}\n")
-                self.drawn = len(self.names)
-            else:
-                self.stream.write(f"[{name}] {text}\n")
-            self.stream.flush()
-
-
 class Builder:
     def __init__(self, client: Client, options: BuildOptions, log_dir: Path, reporter: Reporter):
         self.client, self.options, self.log_dir, self.reporter = client, options, log_dir, reporter
@@ -241,23 +207,7 @@ class Builder:
         self.reporter.update(name, "starting")
         start = time.monotonic()
         p.iidfile.unlink(missing_ok=True)
-        with open(log_path, "w", encoding="utf-8") as log:
-            log.write("$ " + shlex.join(p.argv) + "\n")
-            log.flush()
-            proc = subprocess.Popen(p.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    errors="replace", env=self.client.environ(), start_new_session=True)
-            with self._lock:
-                self._procs[name] = proc
-            for line in proc.stdout:
-                log.write(line)
-                changed = progress.feed(line)
-                if changed:
-                    index = p.steps.index(changed) + 1
-                    self.reporter.update(name, f"stanza {changed} (step {index}/{len(p.steps)}, "
-                                               f"{time.monotonic() - start:.0f}s)")
-            code = proc.wait()
-            with self._lock:
-                self._procs.pop(name, None)
+        code = self._run_build(p, progress, log_path, start)
         result.duration_s = round(time.monotonic() - start, 1)
         if self.stop.is_set():
             result.status = "interrupted"
@@ -297,6 +247,28 @@ class Builder:
         result.status = "built"
         self.reporter.update(name, f"built {result.image_id[7:19]}, {rep.human(result.size)} "
                                    f"in {result.duration_s:.0f}s")
+
+    def _run_build(self, p: Plan, progress: Progress, log_path: Path, start: float) -> int:
+        """The build command, its output to the log and its progress to the reporter; its exit code."""
+        name = p.spec.name
+        with open(log_path, "w", encoding="utf-8") as log:
+            log.write("$ " + shlex.join(p.argv) + "\n")
+            log.flush()
+            proc = subprocess.Popen(p.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    errors="replace", env=self.client.environ(), start_new_session=True)
+            with self._lock:
+                self._procs[name] = proc
+            for line in proc.stdout:
+                log.write(line)
+                changed = progress.feed(line)
+                if changed:
+                    index = p.steps.index(changed) + 1
+                    self.reporter.update(name, f"stanza {changed} (step {index}/{len(p.steps)}, "
+                                               f"{time.monotonic() - start:.0f}s)")
+            code = proc.wait()
+            with self._lock:
+                self._procs.pop(name, None)
+        return code
 
     def _docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """A short docker command in its own session: Ctrl-C in the terminal must not kill it

@@ -49,7 +49,7 @@ TUNER_CONFLICTS = ("NCCL_ALGO", "NCCL_PROTO")
 # tuner only loaded if NCCL_TUNER_PLUGIN is set"): there the variable is not needed.
 OFI_TUNER_IN_NET_PLUGIN = Version("1.16.0")
 NCCL_FINDS_TUNER_IN_NET = Version("2.21.0")
-# EFA installers from 1.43.0 bundle aws-ofi-nccl >= 1.16.1 (facts.EFA_BUNDLED_OFI).
+# EFA installers from 1.43.0 bundle aws-ofi-nccl >= 1.16.1 (facts.EFA_BUNDLED_OFI_FROM).
 EFA_BUNDLES_TUNER_IN_NET = Version("1.43.0")
 # The tuner's models are for the p5 family (aws/aws-ofi-nccl PR 657); on p4d/p4de the plugin sets
 # NCCL_PROTO=simple itself and the tuner NCCL 2.19-2.20 loads by name then aborts the job with

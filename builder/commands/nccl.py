@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from builder import imageref
 from builder.errors import UsageError
 from builder.buildkit import docker_path
 from builder.nccl import EXIT_FAIL, EXIT_NO_RESULTS, EXIT_PASS
@@ -24,12 +25,6 @@ from builder.nccl.judge import judge as judge_run
 from builder.nccl.parse import NoResults, parse_runs, perf_name
 from builder.nccl.report import SCHEMA, rows_text, summary_text, to_json, verdict_text
 from builder.nccl.run import COLLECTIVES, RunOptions, parse_size
-
-EXIT_HELP = (
-    "Exit codes: 0 pass; 1 fail (below threshold, data errors, socket fallback, nccl-tests failed); "
-    "2 bad input; 3 no NVIDIA GPU on this host (run only); 4 no nccl-tests result rows in the output."
-)
-
 
 def _read(path: str) -> str:
     if path == "-":
@@ -53,9 +48,10 @@ def nccl_group() -> None:
     """nccl-tests smoke checks: run them in an image, parse any output, judge it against the hardware.
 
     \b
-    Exit codes: 0 pass; 1 fail (below threshold, data errors, socket fallback,
-    nccl-tests failed); 2 bad input; 3 no NVIDIA GPU on this host (run only);
-    4 no nccl-tests result rows in the output.
+    Exit codes: 0 pass; 1 fail (cut short, data errors, transport, below threshold,
+    or nccl-tests failed); 2 bad input (option, unknown image or instance type,
+    unreadable file, a pull that failed, --nodes needed); 3 no NVIDIA GPU on this
+    host (run only); 4 no nccl-tests result rows in the output.
     """
 
 
@@ -175,19 +171,14 @@ def instances_cmd(as_json: bool) -> None:
 
 def _resolve_image(state, target: str) -> str:
     """A matrix image name -> its primary ref; anything else must be a valid image reference."""
-    from builder.nccl.run import check_image_ref
-
-    if any(c in target for c in ":/@"):  # a reference, never a matrix name
-        return check_image_ref(target)
-    try:
-        spec = state.matrix().find(target)
-    except Exception as exc:  # noqa: BLE001 - a broken or absent matrix must not hide a plain image ref
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        click.echo(f"warning: matrix not usable ({problem}); treating {target} as an image reference", err=True)
-        spec = None
-    if spec is not None:
-        return spec.primary_ref
-    return check_image_ref(target)
+    matrix = None
+    if imageref.is_bare(target):  # a reference is never a matrix name: no matrix needed for it
+        try:
+            matrix = state.matrix()
+        except Exception as exc:  # noqa: BLE001 - a broken or absent matrix must not hide a plain image ref
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            click.echo(f"warning: matrix not usable ({problem}); treating {target} as an image reference", err=True)
+    return imageref.resolve(matrix, target, "an image name of the matrix nor a valid image reference")[0]
 
 
 @nccl_group.command("run")
@@ -245,7 +236,7 @@ def run_cmd(state, target, collectives, min_bytes, max_bytes, factor, iters, war
             click.echo(shlex.join(cmd))
         return
 
-    # GPUs first: a host without any exits 3 whatever the image (README), before a long pull.
+    # GPUs first: a host without any exits 3 whatever the image (its --help), before a long pull.
     available = runner.require_gpus()
     if gpus and gpus > available:
         raise UsageError(f"--gpus {gpus}: this host has {available} GPU(s)")
