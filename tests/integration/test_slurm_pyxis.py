@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import harness
 import standins
 from slurm_support import as_printed, pyxis_cluster, recorded_output  # noqa: F401  (session fixture)
 
@@ -34,8 +35,8 @@ from builder.smoke_login_shell import parse_environ
 pytestmark = pytest.mark.integration
 
 DOCKER = standins.DOCKER
-NVIDIA = "builder-itest/nvidia:itest-nvidia"
-IMAGE = "builder-itest/slurm:itest-nvidia-nccl-replay"
+NVIDIA = f"{harness.ITEST_REPO}/nvidia:itest-nvidia"
+IMAGE = f"{harness.ITEST_REPO}/slurm:itest-nvidia-nccl-replay"
 RECORDED = "awsome_p5_2node_srun.txt"
 TASKS = 2
 BENCH_ARGS = ["-b", "8", "-e", "16G", "-f", "2", "-g", "1", "-c", "1", "-w", "5", "-n", "100"]
@@ -215,7 +216,7 @@ def test_smoke_reports_the_login_shell_check(build_project, tmp_path):
     for tag, profile in (("resets-path", None), ("keeps-path", "# nothing here sets PATH\n")):
         if profile is not None:
             (root / "etc/profile").write_text(profile)
-        ref = f"builder-itest/login-shell:{tag}"
+        ref = f"{harness.ITEST_REPO}/login-shell:{tag}"
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         subprocess.run([DOCKER, "import", "--change", "ENV PATH=/opt/tools/bin:/bin", "-", ref], stdin=tar.stdout,
                        check=True, capture_output=True)
