@@ -58,7 +58,7 @@ def rule(rule_id: str, description: str):
 
 
 # NCCL's "2.19.3-1" needs no rewrite: PEP 440 reads "-N" as an implicit post-release
-# (packaging.python.org, "Version specifiers", "Implicit post releases"), 2.19.3-1 == 2.19.3.post1.
+# (peps.python.org/pep-0440/#implicit-post-releases; packaging parses 2.19.3-1 == 2.19.3.post1).
 V = Version
 
 
