@@ -23,6 +23,7 @@ from builder import components as comp
 from builder import facts
 from builder.errors import BuilderError, UsageError
 from builder.matrix import ENV_NAME_RE, ENV_VALUE_RE, NCCL_VERSION_RE, VERSION_RE
+from builder.nccl.instances import rdma_read
 
 # nccl-tests binaries (<name>_perf) a user may ask for; all_reduce is the one judged by default.
 TESTS = ("all_reduce", "all_gather", "reduce_scatter", "alltoall", "sendrecv", "broadcast", "reduce")
@@ -48,7 +49,7 @@ TUNER_CONFLICTS = ("NCCL_ALGO", "NCCL_PROTO")
 # tuner only loaded if NCCL_TUNER_PLUGIN is set"): there the variable is not needed.
 OFI_TUNER_IN_NET_PLUGIN = Version("1.16.0")
 NCCL_FINDS_TUNER_IN_NET = Version("2.21.0")
-# EFA installers from 1.43.0 bundle aws-ofi-nccl >= 1.16.1 (facts.EFA_BUNDLED_OFI).
+# EFA installers from 1.43.0 bundle aws-ofi-nccl >= 1.16.1 (facts.EFA_BUNDLED_OFI_FROM).
 EFA_BUNDLES_TUNER_IN_NET = Version("1.43.0")
 # The tuner's models are for the p5 family (aws/aws-ofi-nccl PR 657); on p4d/p4de the plugin sets
 # NCCL_PROTO=simple itself and the tuner NCCL 2.19-2.20 loads by name then aborts the job with
@@ -127,6 +128,8 @@ def nccl_env(versions: Versions, debug: str = "INFO", instance: str | None = Non
     versions.check()
     env = [EnvVar("NCCL_DEBUG", debug, "the transport verdict (EFA plugin or socket fallback) is only in these logs")]
     env += [EnvVar(n, v, why) for n, v, why in comp.network_env(versions.efa, versions.source_ofi)]
+    # Instance-dependent (aborts libfabric on p3dn/g5, which lack RDMA read): only for a known instance.
+    env += [EnvVar(n, v, why) for n, v, why in comp.device_rdma_env(versions.source_ofi, rdma_read(instance))]
     plugin = comp.ofi_plugin(versions.efa)
     if plugin.net_plugin_name:
         env.append(EnvVar(
@@ -166,6 +169,10 @@ def env_notes(versions: Versions, instance: str | None = None) -> list[str]:
     _, note = tuner_choice(versions, instance)
     if note:
         notes.append(note)
+    ofi = versions.source_ofi
+    if ofi and Version(ofi) < facts.OFI_DEVICE_RDMA_BELOW and rdma_read(instance) is None:
+        notes.append(f"aws-ofi-nccl {ofi} needs FI_EFA_USE_DEVICE_RDMA=1 on instances with RDMA read (p4d, p5) but "
+                     "it aborts libfabric on p3dn/g5: it is left out; pass --instance TYPE to set it")
     return notes
 
 

@@ -162,10 +162,10 @@ def instances_cmd(as_json: bool) -> None:
         _emit_json([i.to_dict() for i in INSTANCES.values()])
         return
     click.echo("GB/s: peak per GPU link, net per node, n-peak = min of the two (multi-node); thresholds 1-node, n-node")
-    click.echo(f"{'type':<15} {'GPUs':>4} {'GPU':<11} {'intra-node':<17} {'peak':>6} {'net':>6} {'n-peak':>6} "
+    click.echo(f"{'type':<18} {'GPUs':>4} {'GPU':<11} {'intra-node':<17} {'peak':>6} {'net':>6} {'n-peak':>6} "
                f"{'1-node':>7} {'n-node':>7}")
     for i in INSTANCES.values():
-        click.echo(f"{i.name:<15} {i.gpus:>4} {i.gpu:<11} {i.intra:<17} {i.intra_peak:>6g} {i.network_peak:>6g} "
+        click.echo(f"{i.name:<18} {i.gpus:>4} {i.gpu:<11} {i.intra:<17} {i.intra_peak:>6g} {i.network_peak:>6g} "
                    f"{i.peak(2):>6g} {i.threshold(1):>7g} {i.threshold(2):>7g}")
 
 
