@@ -129,7 +129,13 @@ DEFAULT_KEYS = tuple(k for k in ENTRY_KEYS if k not in ("name", "flavor", "axes"
 MAPPING_KEYS = ("components", "stanzas", "labels", "env", "waivers", "code")
 AXIS_KEYS = tuple(COMPONENTS) + ("base", "region")
 BASE_KEYS = ("image", "dlc_tag", "ships", "description")
-CODE_KEYS = ("dir", "program")
+CODE_KEYS = ("dir", "program", "entry_point")
+# Who names the program a SageMaker job runs (docs/sagemaker.md): "job" (default) bakes the code
+# but leaves the choice to the job (the SDK's entry_point / sagemaker_program hyperparameter);
+# "image" bakes ENV SAGEMAKER_PROGRAM, which the training toolkit reads before the job's
+# sagemaker_program (aws/sagemaker-training-toolkit src/sagemaker_training/environment.py,
+# Environment.__init__), so the image's program runs whatever the job names.
+CODE_ENTRY_POINTS = ("job", "image")
 WAIVABLE = {
     "nccl-older-than-base": "a pinned NCCL older than the one the base image ships",
 }
@@ -174,6 +180,7 @@ class BaseImage:
 class CodeSpec:
     dir: str
     program: str
+    entry_point: str = "job"  # CODE_ENTRY_POINTS: who names the program a SageMaker job runs
 
 
 @dataclass(frozen=True)
@@ -1007,7 +1014,11 @@ def _code_spec(raw, err) -> CodeSpec | None:
     if not isinstance(program, str) or not PROGRAM_RE.match(program):
         err("code.program", "a file name ending in .py or .sh, e.g. train.py")
         ok = False
-    return CodeSpec(directory.rstrip("/"), program) if ok else None
+    entry_point = raw.get("entry_point", "job")
+    if entry_point not in CODE_ENTRY_POINTS:
+        err("code.entry_point", "job (the job's entry_point runs; default) or image (the baked program always runs)")
+        ok = False
+    return CodeSpec(directory.rstrip("/"), program, entry_point) if ok else None
 
 
 def _pip(raw, err) -> list[str]:

@@ -1,0 +1,1 @@
+"""The test suite (a package, so that `tests.*` imports find it before any installed `tests`)."""
