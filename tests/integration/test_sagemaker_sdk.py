@@ -1,0 +1,136 @@
+"""SageMaker jobs through the real SageMaker Python SDK's local mode (docker-compose, the
+`sagemaker-local` bridge network), on images built from the real templates on the DLC stand-in
+(the real sagemaker-training 4.8.1 and sagemaker-pytorch-training 2.8.1 from PyPI, sshd, Open MPI
+and mpi4py as AWS's DLCs ship them).
+
+Covers: `builder smoke --sagemaker` on an image where the job brings its entry point (baked code
+through the generic Estimator, PyTorch entry_point/source_dir with hyperparameters and two
+file:// channels, a failing script's exit code and failure file, two hosts resolving each other,
+the toolkit's MPI runner over sshd with mpi4py on two hosts) and on one that owns its program;
+the issue's failure mode (a job's source_dir hiding a baked SAGEMAKER_PROGRAM); an image without
+sshd failing the MPI job; and hyperparameter values with quotes breaking in the shell that
+sagemaker-training 4.8.1 runs the script through, and surviving its native launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import standins
+from prereq import need
+
+from builder import sagemaker_local as sml
+from builder import sagemaker_sdk as sdk
+
+pytestmark = pytest.mark.integration
+
+DOCKER = standins.DOCKER
+JOB_IMAGE = "builder-itest/dlc:itest-dlc"
+OWNED_IMAGE = "builder-itest/dlc:itest-dlc-owned"
+
+
+@pytest.fixture(scope="module")
+def sagemaker_images(build_project):
+    """itest-dlc (the job brings its entry point) and itest-dlc-owned, built once (BuildKit cache)."""
+    need(sdk.sdk_problem() is None, f"SageMaker local mode cannot run: {sdk.sdk_problem()}")
+    missing = [n for n, ref in (("itest-dlc", JOB_IMAGE), ("itest-dlc-owned", OWNED_IMAGE)) if not standins.image_exists(ref)]
+    if missing:
+        built = build_project.cli("build", *missing, "--network", "host", "-j", "2")
+        assert built.returncode == 0, built.stderr
+    return build_project
+
+
+@pytest.fixture
+def work():
+    path = Path(tempfile.mkdtemp(prefix="builder-itest-sm-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _smoke(project, name: str) -> dict:
+    proc = project.cli("smoke", name, "--sagemaker", "--json")
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0 and doc["ok"], json.dumps(
+        [c for c in doc["checks"] if not c["ok"]] + [o for o in doc.get("sagemaker", []) if not o["ok"]], indent=1)
+    return {o["case"]: o for o in doc["sagemaker"]}
+
+
+def test_smoke_sagemaker_job_brings_its_entry_point(sagemaker_images):
+    outcomes = _smoke(sagemaker_images, "itest-dlc")
+    assert list(outcomes) == ["baked", "entry_point", "failure", "two_hosts", "mpi"]
+    assert outcomes["baked"]["model_files"] == ["model.json"]  # the image's own code/train.py
+    assert [*outcomes["entry_point"]["exit_codes"].values()] == [0]
+    assert outcomes["failure"]["exit_codes"] and [*outcomes["failure"]["exit_codes"].values()] == [1]
+    assert "ExecuteUserScriptError" in outcomes["failure"]["failure_file"] and "ExitCode 3" in outcomes["failure"]["failure_file"]
+    hosts = sorted(outcomes["two_hosts"]["exit_codes"])
+    assert len(hosts) == 2 and hosts[0].startswith("algo-1-") and hosts[1].startswith("algo-2-")
+    assert outcomes["two_hosts"]["model_files"] == [f"host-{h}.json" for h in hosts]
+    assert {"rank-0.json", "rank-1.json"} <= set(outcomes["mpi"]["model_files"])
+    assert not subprocess.run([DOCKER, "ps", "-aq", "--filter", f"label={sdk.JOB_LABEL}"],
+                              capture_output=True, text=True).stdout.strip()  # no container left behind
+
+
+def test_smoke_sagemaker_image_owns_its_program(sagemaker_images):
+    outcomes = _smoke(sagemaker_images, "itest-dlc-owned")
+    assert outcomes["baked"]["model_files"] == ["model.json"]  # SAGEMAKER_PROGRAM ran it unasked
+    assert "never runs" in outcomes["entry_point"]["note"]
+    assert "ExitCode 3" in outcomes["failure"]["failure_file"]  # run with an explicit SAGEMAKER_PROGRAM override
+
+
+def test_source_dir_hides_a_baked_program(sagemaker_images, work):
+    """The issue's failure: with SAGEMAKER_PROGRAM baked, PyTorch(entry_point, source_dir) runs the
+    image's program name in the job's source_dir, where it does not exist."""
+    src = work / "src"
+    src.mkdir()
+    (src / "entry.py").write_text("print('the job entry point ran')\n")
+    result = sdk.run(DOCKER, OWNED_IMAGE, sdk.Job("hidden", entry_point="entry.py", source_dir=src), work / "job", "us-west-2")
+    assert result.sdk_error and [*result.exit_codes.values()] == [1]
+    log = "".join(result.logs.values())
+    assert "can't open file" in log and "train.py" in log and "the job entry point ran" not in log
+    fixed = sdk.run(DOCKER, JOB_IMAGE, sdk.Job("job", entry_point="entry.py", source_dir=src), work / "job2", "us-west-2")
+    assert fixed.sdk_error is None and "the job entry point ran" in "".join(fixed.logs.values())
+
+
+def test_mpi_job_fails_without_sshd(sagemaker_images, work):
+    """An image claiming MPI but lacking sshd fails the mpi job here, not on a cluster."""
+    broken = "builder-itest/dlc:itest-dlc-no-sshd"
+    subprocess.run([DOCKER, "build", "-q", "-t", broken, "-"], input=f"FROM {JOB_IMAGE}\nRUN rm /usr/sbin/sshd\n",
+                   text=True, check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    try:
+        spec = sagemaker_images_spec(sagemaker_images, "itest-dlc")
+        outcome = sml.contract(DOCKER, broken, spec, cases=("mpi",))[0]
+        assert not outcome.ok and outcome.case == "mpi", outcome
+        assert any("SSH daemon not found" in line for line in outcome.log_tail) or outcome.problems
+    finally:
+        subprocess.run([DOCKER, "rmi", broken], capture_output=True)
+
+
+def sagemaker_images_spec(project, name: str):
+    from builder.matrix import load_matrix
+
+    return load_matrix(project.matrix).get(name)
+
+
+def test_quoted_hyperparameter_reaches_a_shell(sagemaker_images, work):
+    """sagemaker-training 3.9.3 to 5.1.0 run the script through /bin/sh with the arguments joined
+    unquoted; sagemaker-pytorch-training >= 2.7.0's native launcher (capture_error off) does not."""
+    src = work / "src"
+    src.mkdir()
+    (src / "entry.py").write_text("import sys\nprint('ARGV', sys.argv[1:])\n")
+    value = 'it\'s "quoted"'
+    shell = sdk.run(DOCKER, JOB_IMAGE, sdk.Job("quoted", entry_point="entry.py", source_dir=src,
+                                               hyperparameters={"text": value}), work / "a", "us-west-2")
+    assert shell.sdk_error and "Unterminated quoted string" in "".join(shell.logs.values())
+    # The native launcher strips '"' from both ends of the last argument (process.py,
+    # check_error: cmd[-1].strip('"')), so the quoted value is not passed last here.
+    native = sdk.run(DOCKER, JOB_IMAGE, sdk.Job("native", entry_point="entry.py", source_dir=src, hyperparameters={
+        "text": value, "z": "end", "sagemaker_toolkit_native_launcher_enabled": True}), work / "b", "us-west-2")
+    assert native.sdk_error is None, native.logs
+    assert f"ARGV {['--text', value, '--z', 'end']!r}" in "".join(native.logs.values())
