@@ -13,7 +13,9 @@ The jobs a user of the image would run (docs/sagemaker.md), each judged on what 
 - ``two_hosts``: ``instance_count=2``: both hosts see both names in ``SM_HOSTS`` and resolve them;
 - ``mpi``: where the image claims MPI launchers (``mpi_claimed``), ``distribution={"mpi": ...}``
   on two hosts: the toolkit's MPI runner starts ``/usr/sbin/sshd``, waits for the other host's
-  sshd, runs ``mpirun ... python -m mpi4py``: a missing sshd, ssh key or mpi4py fails here.
+  sshd, runs ``mpirun ... python -m mpi4py``: a missing sshd, ssh key or mpi4py fails here;
+- ``torch_distributed``: where the image has ``torchrun``, ``distribution={"torch_distributed":
+  ...}`` on two hosts: the toolkit's torchrun launcher, a gloo ``all_reduce`` on the CPU.
 
 No emulation remains: the SDK runs wherever builder could emulate it (a local engine, since both
 mount host folders, and a compose), and where it cannot, ``--sagemaker`` exits 2 saying why.
@@ -54,6 +56,7 @@ parser.add_argument("--epochs", type=int, default=1)
 parser.add_argument("--note", default="")
 parser.add_argument("--wait-hosts", type=int, default=0)
 parser.add_argument("--mpi", type=int, default=0)
+parser.add_argument("--torch-dist", type=int, default=0)
 args, _ = parser.parse_known_args()
 if args.fail:
     print(f"contract job: failing on purpose with exit code {args.fail}", file=sys.stderr)
@@ -82,6 +85,15 @@ if args.mpi:
     comm = MPI.COMM_WORLD
     report.update(rank=comm.Get_rank(), size=comm.Get_size(), rank_hosts=comm.allgather(socket.gethostname()))
     name = f"rank-{comm.Get_rank()}.json"
+if args.torch_dist:  # under torchrun: the env:// rendezvous on the master host, gloo on the CPU
+    import torch
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    total = torch.tensor([float(dist.get_rank() + 1)])
+    dist.all_reduce(total)
+    report.update(rank=dist.get_rank(), size=dist.get_world_size(), sum=float(total.item()))
+    name = f"rank-{dist.get_rank()}.json"
+    dist.destroy_process_group()
 with open(os.path.join(model_dir, name), "w") as handle:
     json.dump(report, handle)
 deadline = time.time() + args.wait_hosts  # local mode shares one model folder between hosts
@@ -221,7 +233,15 @@ def judge_mpi(result: sdk.JobResult) -> list[str]:
     return problems
 
 
-def plan(spec: "ImageSpec", work: Path) -> list[tuple[sdk.Job, Callable[[sdk.JobResult], list[str]]]]:
+def judge_torch_distributed(result: sdk.JobResult) -> list[str]:
+    problems = judge_success(result, hosts=2)
+    ranks = [json.loads(v) for k, v in sorted(result.model.items()) if k.startswith("rank-")]
+    if len(ranks) != 2 or any(r.get("size") != 2 or r.get("sum") != 3.0 for r in ranks):
+        problems.append(f"torchrun ran {len(ranks)} ranks of 2, all_reduce gave {[r.get('sum') for r in ranks]}, expected 3.0")
+    return problems
+
+
+def plan(spec: "ImageSpec", work: Path, torchrun: bool = False) -> list[tuple[sdk.Job, Callable[[sdk.JobResult], list[str]]]]:
     """The jobs for spec, with their judges; writes the job's source_dir and channels under work."""
     src, train, validation = work / "src", work / "data" / "train", work / "data" / "validation"
     for folder in (src, train, validation):
@@ -247,7 +267,19 @@ def plan(spec: "ImageSpec", work: Path) -> list[tuple[sdk.Job, Callable[[sdk.Job
     if mpi_claimed(spec):
         jobs.append((sdk.Job("mpi", instance_count=2, hyperparameters={"mpi": 1},
                              distribution={"mpi": {"enabled": True, "processes_per_host": 1}}, **script), judge_mpi))
+    if torchrun:
+        # sagemaker-training torch_distributed.py: `torchrun --nnodes 2 --nproc_per_node 1
+        # --master_addr <algo-1> --master_port 7777 --node_rank N script`, no GPU needed with gloo.
+        jobs.append((sdk.Job("torch_distributed", instance_count=2, hyperparameters={"torch-dist": 1},
+                             distribution={"torch_distributed": {"enabled": True}}, **script), judge_torch_distributed))
     return jobs
+
+
+def has_torchrun(docker: str, image: str) -> bool:
+    """Whether the image has torchrun (PyTorch's launcher, which the torch_distributed job needs)."""
+    proc = subprocess.run([docker, "run", "--rm", "--label", f"{CONTAINER_LABEL}=1", "--network", "none",
+                           "--entrypoint", "/bin/sh", image, "-c", "command -v torchrun"], capture_output=True, text=True)
+    return proc.returncode == 0 and proc.stdout.strip() != ""
 
 
 def contract(docker: str, image: str, spec: "ImageSpec", region: str = "us-west-2",
@@ -257,7 +289,8 @@ def contract(docker: str, image: str, spec: "ImageSpec", region: str = "us-west-
     work = Path(tempfile.mkdtemp(prefix="builder-sagemaker-"))
     outcomes = []
     try:
-        for job, judge in plan(spec, work / "inputs"):
+        torchrun = has_torchrun(docker, image)
+        for job, judge in plan(spec, work / "inputs", torchrun):
             if cases is not None and job.case not in cases:
                 continue
             result = sdk.run(docker, image, job, work / job.case, region)
@@ -266,6 +299,9 @@ def contract(docker: str, image: str, spec: "ImageSpec", region: str = "us-west-
             tail = [line for line in logs.splitlines() if line.strip()][-15:] if problems else []
             outcomes.append(Outcome(job.case, not problems, problems, result.exit_codes, sorted(result.model),
                                     result.text("failure", "output"), tail))
+        if not torchrun and (cases is None or "torch_distributed" in cases):
+            outcomes.append(Outcome("torch_distributed", True, [], {}, [], None, note=(
+                "not run: no torchrun in the image (the torch_distributed launcher needs PyTorch's torchrun)")))
         if spec.code is not None and spec.code.entry_point == "image" and (cases is None or "entry_point" in cases):
             outcomes.append(Outcome("entry_point", True, [], {}, [], None, note=(
                 "not run: code.entry_point image, so a job's entry_point never runs (the baked program does)")))

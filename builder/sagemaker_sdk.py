@@ -72,11 +72,19 @@ class JobResult:
         return None if data is None else data.decode(errors="replace")
 
 
+def _import_sdk() -> None:
+    """Import the SDK's local mode quietly: importing it prints "sagemaker.config INFO - Not
+    applying SDK defaults ..." on stdout (sagemaker/config/config.py), which would land in
+    builder's --json output."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        import sagemaker.local  # noqa: F401
+        import sagemaker.pytorch  # noqa: F401
+
+
 def sdk_problem() -> str | None:
     """Why the SDK's local mode cannot run here (None: it can)."""
     try:
-        import sagemaker  # noqa: F401
-        from sagemaker.local import LocalSession  # noqa: F401
+        _import_sdk()
     except ImportError as exc:
         return f"the SageMaker Python SDK v2 is not installed ({exc}): {INSTALL_HINT}"
     if compose_command() is None:
@@ -134,9 +142,7 @@ def run(docker: str, image: str, job: Job, work: Path, region: str) -> JobResult
     output.mkdir(parents=True, exist_ok=True)
     sdk_log = io.StringIO()
     error = None
-    # Imported before the loggers are quieted: importing sets the SDK's own levels.
-    import sagemaker.local  # noqa: F401
-    import sagemaker.pytorch  # noqa: F401
+    _import_sdk()  # before the loggers are quieted: importing sets the SDK's own levels
 
     try:
         # The SDK streams compose's output to sys.stdout and logs to its own loggers: both are

@@ -83,6 +83,8 @@ def test_plan_per_image(bundled_matrix, tmp_path):
     assert plan["failure"].environment == {"SAGEMAKER_PROGRAM": sml.PROGRAM}  # an explicit override
     source = bundled_matrix.get("source-pt2.6.0-cu126-nccl2.23.4")  # no code, no openssh, no SMDDP
     assert [job.case for job, _ in sml.plan(source, tmp_path / "c")] == ["entry_point", "failure", "two_hosts"]
+    torch = {job.case: job for job, _ in sml.plan(source, tmp_path / "d", torchrun=True)}["torch_distributed"]
+    assert torch.instance_count == 2 and torch.distribution == {"torch_distributed": {"enabled": True}}
 
 
 def _result(**kw) -> sdk.JobResult:
@@ -122,6 +124,10 @@ def test_judge_entry_point_two_hosts_and_mpi():
     ranks = {f"rank-{r}.json": json.dumps({"rank": r, "size": 2, "rank_hosts": ["c1", "c2"]}).encode() for r in (0, 1)}
     assert sml.judge_mpi(_result(exit_codes={h: 0 for h in hosts}, model=ranks)) == []
     assert "ranks" in sml.judge_mpi(_result(exit_codes={h: 0 for h in hosts}))[0]
+    summed = {f"rank-{r}.json": json.dumps({"rank": r, "size": 2, "sum": 3.0}).encode() for r in (0, 1)}
+    assert sml.judge_torch_distributed(_result(exit_codes={h: 0 for h in hosts}, model=summed)) == []
+    wrong = {k: v.replace(b"3.0", b"2.0") for k, v in summed.items()}
+    assert "all_reduce" in sml.judge_torch_distributed(_result(exit_codes={h: 0 for h in hosts}, model=wrong))[0]
 
 
 def test_contract_script_runs_as_the_toolkit_would(tmp_path):

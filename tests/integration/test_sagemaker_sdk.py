@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import harness
 import standins
 from prereq import need
 
@@ -32,19 +33,25 @@ from builder import sagemaker_sdk as sdk
 pytestmark = pytest.mark.integration
 
 DOCKER = standins.DOCKER
-JOB_IMAGE = "builder-itest/dlc:itest-dlc"
-OWNED_IMAGE = "builder-itest/dlc:itest-dlc-owned"
+REPOSITORY = "builder-itest-sagemaker/{flavor}"
+JOB_IMAGE = "builder-itest-sagemaker/dlc:itest-dlc"
+OWNED_IMAGE = "builder-itest-sagemaker/dlc:itest-dlc-owned"
 
 
 @pytest.fixture(scope="module")
-def sagemaker_images(build_project):
-    """itest-dlc (the job brings its entry point) and itest-dlc-owned, built once (BuildKit cache)."""
+def sagemaker_images(build_project, tmp_path_factory):
+    """itest-dlc (the job brings its entry point) and itest-dlc-owned, built from this checkout
+    under their own repository (other tests untag and rebuild builder-itest/dlc:itest-dlc); the
+    Dockerfiles are the same, so BuildKit's cache makes this quick after test_build_smoke_engine."""
     need(sdk.sdk_problem() is None, f"SageMaker local mode cannot run: {sdk.sdk_problem()}")
-    missing = [n for n, ref in (("itest-dlc", JOB_IMAGE), ("itest-dlc-owned", OWNED_IMAGE)) if not standins.image_exists(ref)]
-    if missing:
-        built = build_project.cli("build", *missing, "--network", "host", "-j", "2")
-        assert built.returncode == 0, built.stderr
-    return build_project
+    copy = tmp_path_factory.mktemp("sagemaker") / "project"
+    shutil.copytree(build_project.root, copy)
+    matrix = copy / "matrix.yaml"
+    matrix.write_text(matrix.read_text().replace("repository: builder-itest/{flavor}", f"repository: {REPOSITORY}"))
+    project = harness.Project(copy, matrix, build_project.server)
+    built = project.cli("build", "itest-dlc", "itest-dlc-owned", "--network", "host", "-j", "2")
+    assert built.returncode == 0, built.stderr
+    return project
 
 
 @pytest.fixture
@@ -64,7 +71,8 @@ def _smoke(project, name: str) -> dict:
 
 def test_smoke_sagemaker_job_brings_its_entry_point(sagemaker_images):
     outcomes = _smoke(sagemaker_images, "itest-dlc")
-    assert list(outcomes) == ["baked", "entry_point", "failure", "two_hosts", "mpi"]
+    assert list(outcomes) == ["baked", "entry_point", "failure", "two_hosts", "mpi", "torch_distributed"]
+    assert "no torchrun" in outcomes["torch_distributed"]["note"]  # the stand-in's torch: test_torch_distributed_on_cpu
     assert outcomes["baked"]["model_files"] == ["model.json"]  # the image's own code/train.py
     assert [*outcomes["entry_point"]["exit_codes"].values()] == [0]
     assert outcomes["failure"]["exit_codes"] and [*outcomes["failure"]["exit_codes"].values()] == [1]
@@ -100,7 +108,7 @@ def test_source_dir_hides_a_baked_program(sagemaker_images, work):
 
 def test_mpi_job_fails_without_sshd(sagemaker_images, work):
     """An image claiming MPI but lacking sshd fails the mpi job here, not on a cluster."""
-    broken = "builder-itest/dlc:itest-dlc-no-sshd"
+    broken = "builder-itest-sagemaker/dlc:no-sshd"
     subprocess.run([DOCKER, "build", "-q", "-t", broken, "-"], input=f"FROM {JOB_IMAGE}\nRUN rm /usr/sbin/sshd\n",
                    text=True, check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
     try:
@@ -134,3 +142,29 @@ def test_quoted_hyperparameter_reaches_a_shell(sagemaker_images, work):
         "text": value, "z": "end", "sagemaker_toolkit_native_launcher_enabled": True}), work / "b", "us-west-2")
     assert native.sdk_error is None, native.logs
     assert f"ARGV {['--text', value, '--z', 'end']!r}" in "".join(native.logs.values())
+
+
+# PyTorch for the CPU, for the torch_distributed job: the stand-in's `torch` only reports versions.
+# This machine kind keeps the wheel on disk (pip's find-links); PyPI's torch is a CUDA build of
+# several GB.
+TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
+
+
+def test_torch_distributed_on_cpu(sagemaker_images, work):
+    """torch_distributed: the toolkit's torchrun launcher on two hosts, gloo all_reduce on the CPU."""
+    need(TORCH_WHEEL.is_file(), f"{TORCH_WHEEL} is missing (the CPU build of PyTorch for Python 3.11)")
+    context = work / "context"
+    context.mkdir()
+    shutil.copy(TORCH_WHEEL, context / TORCH_WHEEL.name)
+    (context / "Dockerfile").write_text(
+        f"FROM {JOB_IMAGE}\nCOPY {TORCH_WHEEL.name} /tmp/\n"
+        "RUN rm -rf /usr/local/lib/python3.11/dist-packages/torch"
+        f" && pip install --no-cache-dir -q /tmp/{TORCH_WHEEL.name} && rm /tmp/{TORCH_WHEEL.name}\n")
+    ref = "builder-itest-sagemaker/dlc:torch-cpu"
+    built = subprocess.run([DOCKER, "build", "-q", "--network", "host", "-t", ref, str(context)], text=True,
+                           capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"}, timeout=1800)
+    assert built.returncode == 0, built.stderr[-3000:]
+    spec = sagemaker_images_spec(sagemaker_images, "itest-dlc")
+    outcome = sml.contract(DOCKER, ref, spec, cases=("torch_distributed",))[0]
+    assert outcome.ok, outcome.to_dict()
+    assert outcome.model_files == ["rank-0.json", "rank-1.json"] and len(outcome.exit_codes) == 2
