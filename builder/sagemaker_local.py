@@ -289,7 +289,7 @@ def contract(docker: str, image: str, spec: "ImageSpec", region: str = "us-west-
     work = Path(tempfile.mkdtemp(prefix="builder-sagemaker-"))
     outcomes = []
     try:
-        torchrun = has_torchrun(docker, image)
+        torchrun = (cases is None or "torch_distributed" in cases) and has_torchrun(docker, image)
         for job, judge in plan(spec, work / "inputs", torchrun):
             if cases is not None and job.case not in cases:
                 continue

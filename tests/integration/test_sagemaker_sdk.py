@@ -85,11 +85,16 @@ def test_smoke_sagemaker_job_brings_its_entry_point(sagemaker_images):
                               capture_output=True, text=True).stdout.strip()  # no container left behind
 
 
-def test_smoke_sagemaker_image_owns_its_program(sagemaker_images):
-    outcomes = _smoke(sagemaker_images, "itest-dlc-owned")
-    assert outcomes["baked"]["model_files"] == ["model.json"]  # SAGEMAKER_PROGRAM ran it unasked
-    assert "never runs" in outcomes["entry_point"]["note"]
-    assert "ExitCode 3" in outcomes["failure"]["failure_file"]  # run with an explicit SAGEMAKER_PROGRAM override
+def test_image_owns_its_program(sagemaker_images):
+    """code.entry_point image: the generic Estimator runs the baked program unasked, a job's
+    entry_point is reported as never run, and a job runs other code only by overriding
+    SAGEMAKER_PROGRAM. (The two-host jobs are the same as itest-dlc's: not repeated.)"""
+    spec = sagemaker_images_spec(sagemaker_images, "itest-dlc-owned")
+    outcomes = {o.case: o for o in sml.contract(DOCKER, OWNED_IMAGE, spec, cases=("baked", "entry_point", "failure"))}
+    assert all(o.ok for o in outcomes.values()), [o.to_dict() for o in outcomes.values()]
+    assert outcomes["baked"].model_files == ["model.json"]
+    assert "never runs" in outcomes["entry_point"].note
+    assert "ExitCode 3" in outcomes["failure"].failure_file
 
 
 def test_source_dir_hides_a_baked_program(sagemaker_images, work):

@@ -1,1 +1,0 @@
-"""The test suite (a package, so that `tests.*` imports find it before any installed `tests`)."""
