@@ -1029,7 +1029,9 @@ def _pip(raw, err) -> list[str]:
         return []
     out = []
     for item in raw:
-        if not isinstance(item, str) or not REQUIREMENT_RE.match(item.strip()):
+        # Matched whole, unstripped: packaging < 25 (which the SageMaker SDK pins) accepts a
+        # trailing newline in Requirement(), so the pattern alone must refuse it.
+        if not isinstance(item, str) or item != item.strip() or not REQUIREMENT_RE.match(item):
             err("pip", f"{item!r}: a name with optional extras and version specifiers only "
                 "(no URLs, markers, options or shell characters)")
             continue
