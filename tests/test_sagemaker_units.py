@@ -102,7 +102,7 @@ def test_judge_success_and_failure():
     failed = _result(sdk_error="Process exited with code: 1", exit_codes={"algo-1-ab": 1}, output={"failure": failure})
     assert sml.judge_failure(failed, 3) == []
     assert any("ExitCode 4" in p for p in sml.judge_failure(failed, 4))
-    assert len(sml.judge_failure(_result(), 3)) == 4  # reported success, exit 0, no failure file, success marker
+    assert len(sml.judge_failure(_result(), 3)) == 3  # exit 0, no failure file, success marker
 
 
 def _host_report(host, hosts, **extra):

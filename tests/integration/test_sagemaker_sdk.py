@@ -104,7 +104,7 @@ def test_source_dir_hides_a_baked_program(sagemaker_images, work):
     src.mkdir()
     (src / "entry.py").write_text("print('the job entry point ran')\n")
     result = sdk.run(DOCKER, OWNED_IMAGE, sdk.Job("hidden", entry_point="entry.py", source_dir=src), work / "job", "us-west-2")
-    assert result.sdk_error and [*result.exit_codes.values()] == [1]
+    assert [*result.exit_codes.values()] == [1] and "ExitCode 2" in result.text("failure", "output")
     log = "".join(result.logs.values())
     assert "can't open file" in log and "train.py" in log and "the job entry point ran" not in log
     fixed = sdk.run(DOCKER, JOB_IMAGE, sdk.Job("job", entry_point="entry.py", source_dir=src), work / "job2", "us-west-2")
@@ -114,7 +114,7 @@ def test_source_dir_hides_a_baked_program(sagemaker_images, work):
 def test_mpi_job_fails_without_sshd(sagemaker_images, work):
     """An image claiming MPI but lacking sshd fails the mpi job here, not on a cluster."""
     broken = "builder-itest-sagemaker/dlc:no-sshd"
-    subprocess.run([DOCKER, "build", "-q", "-t", broken, "-"], input=f"FROM {JOB_IMAGE}\nRUN rm /usr/sbin/sshd\n",
+    subprocess.run([DOCKER, "build", "-q", "--network", "host", "-t", broken, "-"], input=f"FROM {JOB_IMAGE}\nRUN rm /usr/sbin/sshd\n",
                    text=True, check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
     try:
         spec = sagemaker_images_spec(sagemaker_images, "itest-dlc")
@@ -140,13 +140,13 @@ def test_quoted_hyperparameter_reaches_a_shell(sagemaker_images, work):
     value = 'it\'s "quoted"'
     shell = sdk.run(DOCKER, JOB_IMAGE, sdk.Job("quoted", entry_point="entry.py", source_dir=src,
                                                hyperparameters={"text": value}), work / "a", "us-west-2")
-    assert shell.sdk_error and "Unterminated quoted string" in "".join(shell.logs.values())
+    assert [*shell.exit_codes.values()] == [1] and "Unterminated quoted string" in "".join(shell.logs.values())
     # The native launcher strips '"' from both ends of the last argument (process.py,
     # check_error: cmd[-1].strip('"')), so the quoted value is not passed last here.
     native = sdk.run(DOCKER, JOB_IMAGE, sdk.Job("native", entry_point="entry.py", source_dir=src, hyperparameters={
-        "text": value, "z": "end", "sagemaker_toolkit_native_launcher_enabled": True}), work / "b", "us-west-2")
+        "text": value, "zz": "end", "sagemaker_toolkit_native_launcher_enabled": True}), work / "b", "us-west-2")
     assert native.sdk_error is None, native.logs
-    assert f"ARGV {['--text', value, '--z', 'end']!r}" in "".join(native.logs.values())
+    assert f"ARGV {['--text', value, '--zz', 'end']!r}" in "".join(native.logs.values())
 
 
 # PyTorch for the CPU, for the torch_distributed job: the stand-in's `torch` only reports versions.
