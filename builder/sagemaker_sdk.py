@@ -204,23 +204,7 @@ def _members(path: Path) -> dict:
     return out
 
 
-def sdk_version() -> str | None:
-    try:
-        import sagemaker
-
-        return sagemaker.__version__
-    except ImportError:
-        return None
-
-
 def require_sdk() -> None:
     problem = sdk_problem()
     if problem:
         raise UsageError(f"--sagemaker runs the real SageMaker Python SDK: {problem}")
-
-
-def dumps(result: JobResult) -> dict:
-    """JSON-safe view (artifact names, not their bytes)."""
-    return {"case": result.case, "sdk_error": result.sdk_error, "exit_codes": result.exit_codes,
-            "model_files": sorted(result.model), "output_files": sorted(result.output)}
-
