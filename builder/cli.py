@@ -71,7 +71,7 @@ class State:
 # are listed or a verb not named here is asked for.
 VERBS = {
     "bake": "bake", "build": "build", "diff": "inspect", "explain": "inspect", "export": "export",
-    "list": "inspect", "lock": "lock", "matrix": "matrix_cmd", "nccl": "nccl", "push": "push",
+    "list": "inspect", "lock": "lock", "matrix": "matrix_cmd", "nccl": "nccl", "outdated": "outdated", "push": "push",
     "render": "render", "sbatch": "sbatch", "smoke": "smoke", "stanzas": "inspect", "validate": "inspect",
 }
 

@@ -71,7 +71,7 @@ def outdated_cmd(ctx, names, as_json, write, check_only, only, github_api, pypi_
     signature check (that bump is not written); 2 bad input (the matrix is invalid, options);
     4 a source could not be asked (the others are still reported, and written with --write).
     """
-    from builder.lock import Credentials
+    from builder.registry_auth import Credentials
     from builder.outdated import efa, plan, report, upstream
     from builder.outdated.bumps import analyse
     from builder.outdated.gpg import SignatureError

@@ -1,5 +1,6 @@
-"""Tag lists and image configurations, through builder.lock's registry client (its logins,
-token challenges and error messages), extended with two reads of the distribution API:
+"""Tag lists and image configurations, through the registry client `builder lock` uses
+(builder.registry_client.RegistryClient: its logins, token challenges and error messages),
+extended with two reads of the distribution API:
 
 - Listing tags (OCI distribution spec, "Content discovery"; Docker Registry HTTP API v2):
   ``GET /v2/<name>/tags/list?n=<int>`` answers ``{"name": ..., "tags": [...]}``; when more remain,
@@ -16,7 +17,8 @@ import hashlib
 import json
 from urllib.parse import urlsplit
 
-from builder.lock import INDEX_TYPES, Reference, RegistryClient, RegistryError
+from builder.registry_api import RegistryError
+from builder.registry_client import INDEX_TYPES, Reference, RegistryClient
 
 PAGE_SIZE = 1000  # the distribution registry's own default maximum for n
 MAX_PAGES = 100
@@ -24,7 +26,7 @@ PLATFORM = "linux/amd64"
 
 
 class TagLister(RegistryClient):
-    """builder.lock.RegistryClient with tag listing and image configs."""
+    """builder.registry_client.RegistryClient (lock's client) with tag listing and image configs."""
 
     page_size = PAGE_SIZE
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 from builder import facts
-from builder.lock import RegistryError
+from builder.registry_api import RegistryError
 from builder.outdated import efa, versions
 from builder.outdated.families import family_of
 from builder.outdated.registry import TagLister, ships_from_config
