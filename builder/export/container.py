@@ -3,19 +3,22 @@
 ``docker save`` (Docker 20.10, classic image store) stages every layer in a folder of the
 engine's before it sends a byte, so on big images reading layers costs more than reading
 the engine's own flattened view of a container (measured in benchmarks/export_bench.py).
-``--source container`` uses that view instead: what ``enroot import dockerd://`` reads, with
-the same exclusions (/dev content, /.dockerenv), made with a command so images with neither
-CMD nor ENTRYPOINT work too (enroot issue 120). The container is never started; it carries a
+``--source container`` (the default) uses that view instead: what ``enroot import dockerd://``
+reads (src/docker.sh docker::daemon::import: ``docker create`` then ``docker export``), with the
+engine's own /etc/hostname, /etc/hosts, /etc/resolv.conf and /etc/mtab as enroot gets them,
+and the same exclusions (/dev content, /.dockerenv). The container is made with a command so
+images with neither CMD nor ENTRYPOINT work too (enroot's ``docker create IMAGE`` fails on those). The container is never started; it carries a
 label naming this process so one left by a killed export is removed by the next.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import re
 import time
-from typing import IO, Callable
+from typing import IO, Iterator
 
 from builder.export import atomic
 from builder.export.source import ChunkReader
@@ -51,11 +54,14 @@ def clean_stale_containers(client) -> int:
     return removed
 
 
-def apply_container_export(client, image, apply: Callable[[IO[bytes]], None]) -> None:
+@contextlib.contextmanager
+def exported(client, image) -> Iterator[IO[bytes]]:
+    """The flattened filesystem of a new (never started) container of ``image``, as a tar
+    stream; the container is removed afterwards, whatever happens."""
     clean_stale_containers(client)
     container = client.containers.create(image.id, command=["/"], network_disabled=True,
                                          labels={OWNER_LABEL: f"{atomic.IDENTITY}:{os.getpid()}"})
     try:
-        apply(ChunkReader(container.export(chunk_size=1 << 20)))
+        yield ChunkReader(container.export(chunk_size=1 << 20))
     finally:
         container.remove(force=True)
