@@ -371,6 +371,18 @@ def squashfs_entries(sqsh: Path, scratch: Path, caps: bool = False) -> tuple[dic
     return entries, sorted((g for g in inodes.values() if len(g) > 1), key=sorted)
 
 
+def enroot_view(entries: dict[str, Entry], keep_owners: bool = False) -> dict[str, Entry]:
+    """docker export's entries as enroot's import leaves them: common::fixperms's modes
+    (src/common.sh; builder.export.tarstream.enroot_mode) and, unless kept, root's owners."""
+    from builder.export.tarstream import enroot_mode
+
+    out = {}
+    for path, e in entries.items():
+        mode = e.mode if e.kind == "l" else enroot_mode(e.mode, e.kind == "d", path.count("/") + 1)
+        out[path] = Entry(e.kind, mode, e.uid if keep_owners else 0, e.gid if keep_owners else 0, e.extra, e.caps)
+    return out
+
+
 def diff_tables(expected: dict[str, Entry], got: dict[str, Entry]) -> list[str]:
     """Readable differences, one line each (empty when equal)."""
     lines = []

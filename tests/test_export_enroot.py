@@ -66,11 +66,10 @@ CMD ["arg with space", "$NOT_EXPANDED", "it's"]
 
 PROBES = {  # name -> enroot start arguments after the container name (None: its default command)
     "default": None,
-    "args": ["/bin/sh", "-c", "echo args; pwd"],
-    "environment": ["/bin/sh", "-c", "env | sort | grep -v -e '^_=' -e '^SHLVL=' -e '^OLDPWD='"],
-    "mtab": ["/bin/sh", "-c", "ls -l /etc/mtab | sed 's/.* -> //'; head -1 /etc/mtab | cut -d' ' -f3"],
-    "shadow": ["/bin/sh", "-c", "cat /etc/shadow; echo status $?"],
-    "files": ["/bin/sh", "-c", "cat /etc/hostname /etc/resolv.conf; ls -ld /ro /proc | cut -c1-10"],
+    "inside": ["/bin/sh", "-c", "pwd; env | sort | grep -v -e '^_=' -e '^SHLVL=' -e '^OLDPWD='; "
+               "ls -l /etc/mtab | sed 's/.* -> //'; head -1 /etc/mtab | cut -d' ' -f3; "
+               "cat /etc/hostname /etc/resolv.conf; ls -ld /ro /proc | cut -c1-10; "
+               "cat /etc/shadow; echo status $?"],
 }
 
 
@@ -150,25 +149,25 @@ def test_builder_sqsh_is_enroot_import_file_for_file_and_at_run_time(enroot_env,
             names[label] = f"i12-{name}-{label}-{os.getpid()}"
             enroot(enroot_env, "create", "-n", names[label], str(sqsh))
         ran = {label: behaviour(enroot_env, names[label], marker) for label in names}
-        direct = {label: behaviour(enroot_env, str(sqsh), marker, ("shadow",))["shadow"]
+        direct = {label: behaviour(enroot_env, str(sqsh), marker, ("inside",))["inside"]
                   for label, sqsh in (("builder", ours), ("enroot", theirs))}
     finally:
         for container in names.values():
             enroot(enroot_env, "remove", "-f", container, check=False)
     assert ran["builder"] == ran["enroot"]
-    assert direct["builder"] == direct["enroot"] == ran["enroot"]["shadow"]
+    assert direct["builder"] == direct["enroot"] == ran["enroot"]["inside"]
     assert all(code == 0 for code, _out in ran["builder"].values()), ran["builder"]
     out = {probe: text for probe, (_code, text) in ran["builder"].items()}
     if name != "awkward":  # its ENTRYPOINT is sh -c '...': arguments are not commands
-        assert "/proc/mounts\n" in out["mtab"]  # the engine's /etc/mtab, which setmntent() reads
+        assert "/proc/mounts\n" in out["inside"]  # the engine's /etc/mtab, which setmntent() reads
         assert "from --env\nmounted\n0\n" in out["env, mount, root"]
     if name == "awkward":
         assert "entry [arg with space] [$NOT_EXPANDED it's]" in out["default"]
         assert "Q=[it's \"double\" and 'single'] D=[" in out["default"] and "$(id)]" in out["default"]
         assert out["default"].rstrip().endswith("/work dir/with space")
     if name == "ngc":
-        assert out["default"] == "== PyTorch ==\n" and "/workspace" in out["args"]
-        assert "root:!:19000::::::\n" in out["shadow"] and "status 0\n" in out["shadow"]
-        assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in out["environment"]
+        assert out["default"] == "== PyTorch ==\n" and "== PyTorch ==\n/workspace\n" in out["inside"]
+        assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in out["inside"]
+        assert "root:!:19000::::::\n" in out["inside"] and "status 0\n" in out["inside"]
     if name == "dlc":
         assert out["default"] == "dlc: 3: /bin/sh -c echo default command\ndefault command\n"

@@ -20,14 +20,12 @@ import os
 import random
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 import export_support as sup
 from builder.errors import BuilderError
 from builder.export import ExportRequest, export_image, squash
-from builder.export.tarstream import enroot_mode
 
 pytestmark = pytest.mark.integration
 
@@ -235,15 +233,6 @@ def make_case(seed: int) -> tuple[list[bytes], Recipe]:
     return layers, recipe
 
 
-def enroot_view(entries: dict[str, sup.Entry], keep_owners: bool) -> dict[str, sup.Entry]:
-    """docker export's entries as enroot's import leaves them (common::fixperms; -all-root)."""
-    out = {}
-    for path, e in entries.items():
-        mode = e.mode if e.kind == "l" else enroot_mode(e.mode, e.kind == "d", path.count("/") + 1)
-        out[path] = sup.Entry(e.kind, mode, e.uid if keep_owners else 0, e.gid if keep_owners else 0, e.extra, e.caps)
-    return out
-
-
 def _seeds() -> list[int]:
     return [int(ONLY)] if ONLY else list(range(1, SEEDS + 1))
 
@@ -277,7 +266,7 @@ def test_generated_layers_export_like_docker_export(tools, tmp_path, seed):
         got, got_links = sup.squashfs_entries(dest, tmp_path / f"x-{label.split()[0]}", caps=True)
         for name in sup.ENROOT_FILES:
             got.pop(name, None)
-        want = enroot_view(expected, keep)
+        want = sup.enroot_view(expected, keep)
         if label.startswith("layers"):  # the image's own files: no engine-made init files
             for name in (*sup.ENGINE_INIT_FILES, "etc/mtab"):
                 want.pop(name, None)

@@ -740,3 +740,81 @@ def test_components_from_labels():
     labels = {"builder.component.nccl": "2.21.5", "com.example.component.efa": "1.35.0", "other": "x",
               "org.opencontainers.image.version": "1"}
     assert components_from_labels(labels) == {"nccl": "2.21.5", "efa": "1.35.0"}
+
+
+def _stream(entries, *, keep_owners=False, files=None, workdir="", fmt=tarfile.PAX_FORMAT, chunk=7):
+    """Run EnrootStream over a tar of ``entries`` (TarInfo, data) read in small pieces; the result as members."""
+    from builder.export.container import engine_excludes
+    from builder.export.tarstream import EnrootStream
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    raw = buf.getvalue()
+    chunks = (raw[i:i + chunk] for i in range(0, len(raw), chunk))
+    stream = EnrootStream(source.ChunkReader(chunks), files=files or {}, workdir=workdir, exclude=engine_excludes,
+                          keep_owners=keep_owners, mtime=5)
+    out = b"".join(stream.chunks())
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        return {m.name: (m, tar.extractfile(m).read() if m.isreg() else None) for m in tar}, stream.stats
+
+
+def _info(name, kind=tarfile.REGTYPE, mode=0o644, uid=0, gid=0, data=b"", link="", **pax):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid, info.linkname = kind, mode, uid, gid, link
+    info.uname, info.gname = ("user" if uid else "root"), ("group" if gid else "root")
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    info.pax_headers = pax
+    return info, (data if kind == tarfile.REGTYPE else None)
+
+
+def test_enroot_stream_rewrites_modes_owners_and_files_and_passes_data_through():
+    long = "d/" + "L" * 150
+    cap = "\x01\x00\x00\x02\x00\x20\x00\x00" + "\x00" * 12
+    big = 3_000_000  # beyond ustar's 2097151 uid: a pax record, dropped with the other owner fields
+    entries = [
+        _info("d", tarfile.DIRTYPE, 0o555, 5, 6),
+        _info(long, mode=0o000, uid=big, gid=big, data=b"x" * 1000),
+        _info("d/suid", mode=0o4711, uid=1000, data=b"s", **{"SCHILY.xattr.security.capability": cap}),
+        _info("d/link", tarfile.SYMTYPE, 0o777, 7, 7, link="suid"),
+        _info("d/hard", tarfile.LNKTYPE, link=long),
+        _info("a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p", tarfile.DIRTYPE, 0o555),  # 16 levels: no u+w (fixperms depth 15)
+        _info("a/b/c/d/e/f/g/h/i/j/k/l/m/n/o", tarfile.DIRTYPE, 0o555),
+        _info("dev/null", tarfile.CHRTYPE, 0o666),
+        _info("dev", tarfile.DIRTYPE, 0o755),
+        _info(".dockerenv", data=b""),
+        _info("etc/environment", mode=0o600, data=b"OLD=1\n"),
+    ]
+    got, stats = _stream(entries, files={"etc/environment": b"NEW=1\n", "etc/rc": b"exec sh\n"}, workdir="/w x/y")
+    assert got["d"][0].mode == 0o755 and got["d"][0].uid == 0 and got["d"][0].gid == 0
+    assert got[long][0].mode == 0o400 and got[long][0].uid == 0 and got[long][1] == b"x" * 1000
+    suid = got["d/suid"][0]
+    assert suid.mode == 0o4711 and suid.uid == 0 and suid.pax_headers["SCHILY.xattr.security.capability"] == cap
+    assert got["d/link"][0].linkname == "suid" and got["d/hard"][0].linkname == long
+    assert got["a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p"][0].mode == 0o555 | 0o100 | 0o400
+    assert got["a/b/c/d/e/f/g/h/i/j/k/l/m/n/o"][0].mode == 0o755
+    assert "dev" in got and "dev/null" not in got and ".dockerenv" not in got
+    mode = {name: stat.S_IMODE(m.mode) for name, (m, _data) in got.items()}
+    assert got["etc/environment"][1] == b"NEW=1\n" and mode["etc/environment"] == 0o600  # keeps its mode
+    assert got["etc/rc"][1] == b"exec sh\n" and mode["etc/rc"] == 0o644 and got["etc/rc"][0].isreg()
+    assert got["w x"][0].isdir() and mode["w x/y"] == 0o755
+    assert stats.replaced == ["etc/environment"] and set(stats.added) == {"w x", "w x/y", "etc/rc"}
+    kept, _stats = _stream(entries, keep_owners=True)
+    assert kept[long][0].uid == big and kept["d"][0].uid == 5 and kept["d/suid"][0].uid == 1000
+
+
+def test_enroot_stream_reads_gnu_long_names_and_refuses_climbing_paths():
+    long = "x/" + "N" * 200
+    got, _stats = _stream([_info("x", tarfile.DIRTYPE), _info(long, data=b"gnu")], fmt=tarfile.GNU_FORMAT)
+    assert got[long][1] == b"gnu"
+    with pytest.raises(BuilderError, match="unsafe path"):
+        _stream([_info("../etc/passwd", data=b"x")])
+    with pytest.raises(BuilderError, match="ended in the middle"):
+        from builder.export.tarstream import EnrootStream
+
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w") as tar:
+            tar.addfile(_info("f", data=b"y" * 5000)[0], io.BytesIO(b"y" * 5000))
+        cut = raw.getvalue()[:2048]
+        list(EnrootStream(io.BytesIO(cut), files={}, workdir="", exclude=lambda _r: False).chunks())

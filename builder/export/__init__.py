@@ -25,10 +25,8 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tarfile
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +34,7 @@ from typing import Any, Callable, Mapping
 
 from builder.errors import BuilderError, UsageError
 from builder.export import atomic, native, sidecar, squash
-from builder.export.native import PAUSE_ENV, WORKDIR_PREFIX, pause as _pause  # noqa: F401 (tests)
+from builder.export.native import pause as _pause
 
 FORMATS = ("sqsh", "tar")
 METHODS = ("native", "enroot")

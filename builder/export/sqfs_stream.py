@@ -120,10 +120,18 @@ class Tar2Sqfs:
         if code == 0:
             return
         text = " ".join(lines)
-        if "No space left" in text or "Disk quota exceeded" in text:
+        if "No space left" in text or "Disk quota exceeded" in text or self._disk_full():
             raise BuilderError(f"no space left on the device holding {os.path.dirname(self.output) or '.'} "
                                "while writing the squashfs; free space there or export elsewhere")
         raise BuilderError(f"tar2sqfs failed (exit {code}): {lines[-1] if lines else 'no message'}")
+
+    def _disk_full(self) -> bool:
+        """tar2sqfs 1.2 reports a full disk as "I/O error": ask the filesystem instead."""
+        try:
+            st = os.statvfs(os.path.dirname(self.output) or ".")
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < (1 << 20)
 
     def __enter__(self) -> "Tar2Sqfs":
         return self
