@@ -10,9 +10,11 @@ load average, other containers) is printed before and after.
 Contenders:
   enroot            ``enroot import dockerd://`` with enroot's own settings (its configuration;
                     by default ``-comp lzo -noD``), where enroot is installed
+  naive zstd:3      ``docker export | tar -x`` then ``mksquashfs -all-root -comp zstd -Xcompression-level 3``
+  builder default   ``builder export`` as installed: zstd level 1, streamed into tar2sqfs
+  builder zstd      ``builder export --compression zstd`` (level 3, as the naive pipeline), streamed
+  with --all also:
   naive lzo-noD     ``docker export | tar -x`` then ``mksquashfs -all-root -comp lzo -noD``
-  naive zstd:3      the same with ``-comp zstd -Xcompression-level 3``
-  builder default   ``builder export`` as installed: zstd level 3, streamed into tar2sqfs
   builder lzo       ``builder export --compression lzo`` (enroot's ``-comp lzo -noD``, unpacked)
 
 The image (at least --gb GB of files, about 7 layers) is built from this machine's own files (shared libraries,
@@ -124,7 +126,7 @@ def enroot(ref: str, out: Path, work: Path, processors: int) -> Path:
 
 
 def builder(ref: str, out: Path, work: Path, processors: int, compression: str | None) -> Path:
-    choice = squash.choose(compression, None, processors)
+    choice = squash.choose(compression, None, processors, env={})  # builder's own default, not this shell's
     export_image(ExportRequest(ref=ref, dest=out, squash_options=choice.options, processors=choice.processors,
                                force=True, work_dir=work))
     return out
@@ -142,17 +144,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="paired rounds; medians are reported (default 3)")
     parser.add_argument("--processors", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--all", action="store_true", help="also naive lzo-noD and builder lzo")
     args = parser.parse_args()
     sup.need_export_tools()
     work = Path(tempfile.mkdtemp(prefix="export-bench-", dir=args.work_dir))
     p = args.processors
     contenders = {
         "enroot": lambda out: enroot(ref, out, work, p),
-        "naive lzo-noD": lambda out: naive(ref, ("-comp", "lzo", "-noD"), out, work, p),
         "naive zstd:3": lambda out: naive(ref, squash.compression_options("zstd:3"), out, work, p),
         "builder default": lambda out: builder(ref, out, work, p, None),
-        "builder lzo": lambda out: builder(ref, out, work, p, "lzo"),
+        "builder zstd": lambda out: builder(ref, out, work, p, "zstd"),
     }
+    if args.all:
+        contenders["naive lzo-noD"] = lambda out: naive(ref, ("-comp", "lzo", "-noD"), out, work, p)
+        contenders["builder lzo"] = lambda out: builder(ref, out, work, p, "lzo")
     if not shutil.which("enroot"):
         del contenders["enroot"]
         print("enroot is not installed here: its row is missing")

@@ -333,8 +333,8 @@ def test_squash_options(tmp_path):
     def options(compression, extra, env=None):
         return _squash(compression, extra, env, no_conf).options
 
-    assert options(None, None) == ("-comp", "zstd", "-Xcompression-level", "3")
-    assert _squash(None, None, conf=no_conf).origin == "builder's default (zstd level 3)"
+    assert options(None, None) == ("-comp", "zstd", "-Xcompression-level", "1")
+    assert _squash(None, None, conf=no_conf).origin == "builder's default (zstd level 1)"
     assert options(None, None, {"ENROOT_SQUASH_OPTIONS": "-comp lz4 -b 1M"}) == ("-comp", "lz4", "-b", "1M")
     assert options("zstd", None) == ("-comp", "zstd", "-Xcompression-level", "3")
     assert options("lzo", None) == ("-comp", "lzo", "-noD")  # what enroot means by lzo

@@ -2,7 +2,7 @@
 
 Options are mksquashfs's, as enroot's ``ENROOT_SQUASH_OPTIONS`` gives them: from
 ``--compression``/``--squash-options``, else ``ENROOT_SQUASH_OPTIONS`` from the environment or
-enroot's configuration (enroot_conf.py), else builder's default, zstd level 3. The streamed export
+enroot's configuration (enroot_conf.py), else builder's default, zstd level 1. The streamed export
 translates them for tar2sqfs (sqfs_stream.py); options only mksquashfs has (enroot's
 ``-noD``, ``--compression lzo``) are written by mksquashfs from an unpacked copy.
 
@@ -31,9 +31,10 @@ from builder.export import enroot_conf
 
 ENROOT_DEFAULT = ("-comp", "lzo", "-noD", "-exit-on-error")  # enroot.in: config::export ENROOT_SQUASH_OPTIONS
 # builder's own default when neither the environment nor enroot's configuration sets
-# ENROOT_SQUASH_OPTIONS: zstd level 3, streamed through tar2sqfs (docs/export.md: measured
-# time and size, and which nodes read it: squashfs-tools >= 4.4, Linux >= 4.14).
-DEFAULT_COMPRESSION = "zstd"
+# ENROOT_SQUASH_OPTIONS: zstd level 1, streamed through tar2sqfs. Measured here on a 1.16 GB
+# image (docs/export.md): tar2sqfs zstd:1 3.9 s of CPU and 429 MB, zstd:3 6.3-8.5 s and 412 MB,
+# enroot's lzo -noD 1124 MB. zstd needs squashfs-tools >= 4.4 on the nodes (its CHANGES).
+DEFAULT_COMPRESSION = "zstd:1"
 EXIT_ON_ERROR = "-exit-on-error"
 # Set by builder itself: dropped from given options (-processors N is used as the default count).
 _OWN_FLAGS = ("-no-progress", "-noappend", "-all-root", "-progress")
@@ -91,7 +92,7 @@ def choose(compression: str | None, extra: str | None, processors: int | None = 
            env: Mapping[str, str] | None = None, conf: str | None = None) -> SquashChoice:
     """Everything the squashfs is made with. Options: --compression, else --squash-options, else
     ENROOT_SQUASH_OPTIONS (environment, then enroot's configuration, as enroot reads it), else
-    builder's default (zstd level 3). Threads: --processors, else a -processors N in those options, else
+    builder's default (zstd level 1). Threads: --processors, else a -processors N in those options, else
     ENROOT_MAX_PROCESSORS (environment, then configuration), else all CPUs."""
     settings = enroot_conf.EnrootConfig(env, conf)
     if compression and extra:
@@ -105,7 +106,7 @@ def choose(compression: str | None, extra: str | None, processors: int | None = 
     else:
         value = settings.get(SQUASH_OPTIONS_KEY)
         if value is None:
-            options, origin = compression_options(DEFAULT_COMPRESSION), "builder's default (zstd level 3)"
+            options, origin = compression_options(DEFAULT_COMPRESSION), "builder's default (zstd level 1)"
         else:
             options, found = _parse_options(value.text, value.where)
             origin = value.where
