@@ -86,6 +86,9 @@ class _PipeReader:
     def read(self, size: int = -1) -> bytes:
         return os.read(self.fd, size if size and size > 0 else 1 << 20)
 
+    def fileno(self) -> int:
+        return self.fd
+
 
 @contextlib.contextmanager
 def _cli_export(cli: str, container_id: str) -> Iterator[IO[bytes]]:

@@ -44,11 +44,11 @@ def writer_for(request) -> tuple[str, list[str] | None]:
     return "tar2sqfs", args
 
 
-def _enroot_stream(reader, image, request) -> EnrootStream:
+def _enroot_stream(reader, image, request, splice: bool = False) -> EnrootStream:
     config = image.attrs.get("Config") or {}
     files = {rel: text.encode() for rel, text in enroot_config.render(config).items()}
     return EnrootStream(reader, files=files, workdir=enroot_config.workdir(config), exclude=container.engine_excludes,
-                        keep_owners=request.keep_owners, mtime=int(time.time()))
+                        keep_owners=request.keep_owners, mtime=int(time.time()), splice=splice)
 
 
 def write_sqsh(client, image, request, temp: Path, progress) -> dict[str, Any]:
@@ -66,10 +66,13 @@ def _streamed(client, image, request, temp: Path, progress, args: list[str]) -> 
     started = time.monotonic()
     progress(f"streaming docker export into tar2sqfs {' '.join(args)} with {request.processors} jobs")
     with container.exported(client, image) as reader:
-        stream = _enroot_stream(reader, image, request)
+        # Data moves from the docker client's pipe to tar2sqfs's without a copy (os.splice),
+        # where the reader is such a pipe; headers go through the filter.
+        fd = reader.fileno() if hasattr(reader, "fileno") and hasattr(os, "splice") else None
+        stream = _enroot_stream(reader, image, request, splice=fd is not None)
         with sqfs_stream.Tar2Sqfs(str(temp), args, processors=request.processors) as out:
             for chunk in stream.chunks():
-                out.write(chunk)
+                out.write(chunk, fd)
             pause("stream")
             out.finish()
     return {"writer": "tar2sqfs", "stream_seconds": round(time.monotonic() - started, 2),

@@ -116,12 +116,25 @@ class Tar2Sqfs:
                                       preexec_fn=squash._die_with_parent, bufsize=0)
         _widen_pipe(self._proc.stdin.fileno())
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | int, source_fd: int | None = None) -> None:
+        """Write ``chunk``; an int is that many bytes moved from ``source_fd`` with splice(2),
+        never through Python's memory."""
         try:
-            self._proc.stdin.write(chunk)
+            if isinstance(chunk, int):
+                self._splice(source_fd, chunk)
+            else:
+                self._proc.stdin.write(chunk)
         except BrokenPipeError:
             self.finish()  # it stopped reading: its exit status and message say why
             raise BuilderError("tar2sqfs stopped reading the image stream") from None
+
+    def _splice(self, source_fd: int, count: int) -> None:
+        out = self._proc.stdin.fileno()
+        while count:
+            moved = os.splice(source_fd, out, count)
+            if moved == 0:
+                raise BuilderError("the image stream from the engine ended in the middle of a file; is the engine healthy?")
+            count -= moved
 
     def finish(self) -> None:
         try:

@@ -107,8 +107,10 @@ class EnrootStream:
     """
 
     def __init__(self, source: IO[bytes], *, files: Mapping[str, bytes], workdir: str,
-                 exclude: Callable[[str], bool], keep_owners: bool = False, mtime: int = 0):
+                 exclude: Callable[[str], bool], keep_owners: bool = False, mtime: int = 0,
+                 splice: bool = False):
         self.source = source
+        self.splice = splice  # source is an unbuffered pipe (fileno()) the consumer splices from
         self.files = dict(files)
         self.workdir = workdir.strip("/")
         self.exclude = exclude
@@ -127,9 +129,13 @@ class EnrootStream:
             data += more
         return data
 
-    def _data(self, size: int) -> Iterator[bytes]:
-        """The padded data blocks of an entry, in chunks."""
+    def _data(self, size: int) -> Iterator[bytes | int]:
+        """The padded data blocks of an entry, in chunks; or, when ``splice`` is on, their size
+        (an int): the consumer moves them from ``source.fileno()`` itself, without a copy."""
         left = _padded(size)
+        if self.splice and left:
+            yield left
+            return
         while left:
             chunk = self.source.read(min(left, _CHUNK))
             if not chunk:
@@ -138,12 +144,17 @@ class EnrootStream:
             yield chunk
 
     def _skip(self, size: int) -> None:
-        for _chunk in self._data(size):
-            pass
+        left = _padded(size)
+        while left:
+            chunk = self.source.read(min(left, _CHUNK))
+            if not chunk:
+                raise BuilderError("the image stream from the engine ended in the middle of a file; is the engine healthy?")
+            left -= len(chunk)
 
     # -- the stream --------------------------------------------------------------------------
-    def chunks(self) -> Iterator[bytes]:
-        """The rewritten tar, in chunks (headers alone, data in pieces of up to 1 MiB)."""
+    def chunks(self) -> Iterator[bytes | int]:
+        """The rewritten tar, in chunks (headers alone, data in pieces of up to 1 MiB; with
+        ``splice``, data as the number of bytes to move from the source)."""
         prelude: list[bytes] = []  # pax / GNU long-name blocks that belong to the next header
         pax: dict[bytes, bytes] = {}
         long_name = long_link = None
