@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from builder.errors import BuilderError, UsageError
 from builder.matrix import FLAVORS, ImageSpec
@@ -148,8 +148,3 @@ def bake_definition(root: Path, specs: Sequence[ImageSpec], options: BakeOptions
         if names:
             group[flavor] = {"description": f"the {flavor} images", "targets": names}
     return {"group": group, "target": targets}
-
-
-def bake_targets(specs: Iterable[ImageSpec]) -> dict[str, str]:
-    """image name -> bake target name (for CI: `docker buildx bake <target>`)."""
-    return {spec.name: target_name(spec.name) for spec in specs}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import Callable, Iterable
 
 from builder import build_report as rep
 from builder.bake import build_args
-from builder.build_log import Progress, step_stanzas
+from builder.build_log import Progress, Reporter, step_stanzas
 from builder.buildkit import Client, build_command, engine_answers, engine_down_message, image_inspect, last_line
 from builder.errors import BuilderError, UsageError
 from builder.matrix import ImageSpec
@@ -141,39 +140,6 @@ def dry_run_lines(plans: list[Plan], client: Client, log_dir: Path | None = None
         steps += [f"{shlex.quote(client.docker)} tag {iid} {shlex.quote(ref)}" for ref in p.spec.refs]
         lines.append(" \\\n  && ".join(steps))
     return lines
-
-
-class Reporter:
-    """Progress on stderr: one line per image, redrawn in place on a terminal, else one line
-    per change (CI logs)."""
-
-    def __init__(self, names: list[str], stream=None):
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.names = names
-        self.width = max(len(n) for n in names) if names else 0
-        self.lines = {n: "waiting" for n in names}
-        self.lock = threading.Lock()
-        self.drawn = 0
-
-    def note(self, text: str) -> None:
-        """A line above the progress lines (before the first is drawn)."""
-        with self.lock:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-
-    def update(self, name: str, text: str) -> None:
-        with self.lock:
-            self.lines[name] = text
-            if self.tty:
-                if self.drawn:
-                    self.stream.write(f"\x1b[{self.drawn}F")
-                for n in self.names:
-                    self.stream.write(f"\x1b[2K[{n:<{self.width}}] {self.lines[n]}\n")
-                self.drawn = len(self.names)
-            else:
-                self.stream.write(f"[{name}] {text}\n")
-            self.stream.flush()
 
 
 class Builder:

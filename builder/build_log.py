@@ -4,11 +4,14 @@ Every rendered stanza opens with one ``# --- <stanza> ---`` comment line, so eac
 belongs to the last marker above it. BuildKit numbers the steps that do work ``[i/n]`` (FROM,
 RUN, COPY, ADD, WORKDIR); image history has one entry per instruction after FROM. Both are
 turned into stanza names here, so a failure and a layer size can be reported per stanza.
+``Reporter`` draws that progress, one line per image.
 """
 
 from __future__ import annotations
 
 import re
+import sys
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -119,3 +122,36 @@ class Progress:
             if stanza == self.failed_stanza and self._vertex_step.get(vertex) == self.failed_step:
                 return list(self._logs.get(vertex, ()))
         return list(self._last)[-self.tail_lines:]
+
+
+class Reporter:
+    """Progress on stderr: one line per image, redrawn in place on a terminal, else one line
+    per change (CI logs)."""
+
+    def __init__(self, names: list[str], stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.names = names
+        self.width = max(len(n) for n in names) if names else 0
+        self.lines = {n: "waiting" for n in names}
+        self.lock = threading.Lock()
+        self.drawn = 0
+
+    def note(self, text: str) -> None:
+        """A line above the progress lines (before the first is drawn)."""
+        with self.lock:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def update(self, name: str, text: str) -> None:
+        with self.lock:
+            self.lines[name] = text
+            if self.tty:
+                if self.drawn:
+                    self.stream.write(f"\x1b[{self.drawn}F")
+                for n in self.names:
+                    self.stream.write(f"\x1b[2K[{n:<{self.width}}] {self.lines[n]}\n")
+                self.drawn = len(self.names)
+            else:
+                self.stream.write(f"[{name}] {text}\n")
+            self.stream.flush()

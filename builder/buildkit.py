@@ -12,12 +12,12 @@ import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from builder.errors import UsageError
+from builder.errors import BuilderError, UsageError
 
 DOCKER_ENV = "BUILDER_DOCKER"
 CLASSIC_BUILDKIT_BEFORE = Version("23.0")  # from 23.0 the client needs buildx for BuildKit
@@ -40,12 +40,6 @@ class Client:
     def describe(self) -> str:
         how = "buildx" if self.kind == "buildx" else "classic client, DOCKER_BUILDKIT=1"
         return f"{self.docker} {self.version} ({how})"
-
-
-@dataclass
-class Probe:
-    path: str
-    reasons: list[str] = field(default_factory=list)
 
 
 def _run(argv: list[str], timeout: float = 20) -> subprocess.CompletedProcess:
@@ -200,3 +194,17 @@ def build_command(
         argv += ["--build-arg", f"{key}={value}"]
     argv.append(str(context))
     return argv
+
+
+def sdk_client(timeout: float):
+    """A Docker SDK client of the engine, checked to answer: the one way push and export (which
+    stream layers and push progress through the engine API) reach it."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise BuilderError(f"cannot reach the Docker engine ({exc.__class__.__name__}: {exc}); "
+                           "start dockerd or set DOCKER_HOST") from None
+    return client

@@ -2,13 +2,13 @@
 
 Each verb lives in ``builder/commands/<verb>.py`` and exposes ``register(group)``; this
 module only holds the global options and turns ``BuilderError`` into one line on stderr
-and an exit code, never a traceback.
+and an exit code, never a traceback. Verbs are imported when used: ``builder render`` loads
+the render module only, not the Docker, registry and AWS code of the other verbs.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import signal
 import sys
 from pathlib import Path
@@ -43,18 +43,79 @@ class State:
         """The project root: the folder holding matrix.yaml (build context, images/)."""
         return self.matrix_path.resolve().parent
 
-    def matrix(self, pin: bool = True):
-        """The matrix, bases pinned by its lock file unless ``pin`` is False (`builder lock`)."""
-        if self._matrix is None or self._matrix.pinned != pin:
-            from builder.matrix import load_matrix
+    def matrix(self, pin: bool = True, only: str | None = None):
+        """The matrix, bases pinned by its lock file unless ``pin`` is False (`builder lock`).
 
+        ``only`` (one image name): validate just what that image needs, when the matrix has it
+        (else the whole matrix is loaded, for the did-you-mean and every problem)."""
+        from builder.matrix import load_matrix
+
+        if only is not None and self._matrix is None:
+            matrix = load_matrix(self.matrix_path, pin=pin, only=[only])
+            if matrix.find(only) is not None:
+                self._echo_warnings(matrix)
+                return matrix
+        if self._matrix is None or self._matrix.pinned != pin:
             self._matrix = load_matrix(self.matrix_path, pin=pin)
-            for warning in self._matrix.warnings:
-                click.echo(f"warning: {warning}", err=True)
+            self._echo_warnings(self._matrix)
         return self._matrix
+
+    @staticmethod
+    def _echo_warnings(matrix) -> None:
+        for warning in matrix.warnings:
+            click.echo(f"warning: {warning}", err=True)
+
+
+# verb -> the module of builder/commands that registers it, so that a verb is imported only when
+# it runs. A module not named here (a new verb) is still found: it is imported when the verbs
+# are listed or a verb not named here is asked for.
+VERBS = {
+    "bake": "bake", "build": "build", "diff": "inspect", "explain": "inspect", "export": "export",
+    "list": "inspect", "lock": "lock", "matrix": "matrix_cmd", "nccl": "nccl", "outdated": "outdated", "push": "push",
+    "render": "render", "sbatch": "sbatch", "smoke": "smoke", "stanzas": "inspect", "validate": "inspect",
+}
+
+
+def _command_modules() -> list[str]:
+    import pkgutil
+
+    from builder import commands
+
+    return sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_"))
 
 
 class BuilderGroup(click.Group):
+    """The verbs, imported on first use (click's lazily loaded subcommands pattern)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loaded: set[str] = set()
+
+    def _load(self, module_name: str) -> None:
+        if module_name in self._loaded:
+            return
+        self._loaded.add(module_name)
+        module = importlib.import_module(f"builder.commands.{module_name}")
+        scratch = click.Group()
+        module.register(scratch)
+        for name, command in scratch.commands.items():
+            self.commands.setdefault(name, command)
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in self.commands:
+            if cmd_name in VERBS:
+                self._load(VERBS[cmd_name])
+            else:  # a verb not in VERBS, or a typo (click's did-you-mean then lists them all)
+                for module_name in _command_modules():
+                    if module_name not in VERBS.values():
+                        self._load(module_name)
+        return self.commands.get(cmd_name)
+
+    def list_commands(self, ctx):
+        for module_name in _command_modules():
+            self._load(module_name)
+        return sorted(self.commands)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -87,19 +148,6 @@ def cli(ctx: click.Context, matrix_path: Path | None) -> None:
     2 bad input (matrix, options, unknown image); other codes are documented per verb.
     """
     ctx.obj = State(matrix_path or find_default_matrix())
-
-
-def _register_commands() -> None:
-    from builder import commands
-
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"builder.commands.{info.name}")
-        module.register(cli)
-
-
-_register_commands()
 
 
 def _sigterm_as_interrupt(signum, frame) -> None:

@@ -14,20 +14,18 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from builder import imageref
 from builder.errors import BuilderError, UsageError
 
 # <account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]: the account and region are read from it.
 ECR_HOST_RE = re.compile(
-    r"^(?P<account>[0-9]{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9])\.amazonaws\.com(?:\.cn)?$"
+    r"^(?P<account>[0-9]{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9])\.amazonaws\.com(?:\.cn)?\Z"
 )
-# Any registry host[:port] (DNS labels or an IPv4 address); used for private endpoints and tests.
-REGISTRY_RE = re.compile(
-    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-    r"(?::[0-9]{1,5})?$"
-)
-# ECR's own constraints on repository names (2-256 chars) and tags (1-128 chars, docker's grammar).
-REPOSITORY_RE = re.compile(r"^(?:[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*/)*[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+# Any registry host[:port], repository and tag: the one reference grammar (ECR adds 2-256
+# characters for a repository name).
+REGISTRY_RE = imageref.REGISTRY_RE
+REPOSITORY_RE = imageref.PATH_RE
+TAG_RE = imageref.TAG_RE
 
 # Manifest types a pushed single-platform image can have (Docker engine 20.10 pushes the first).
 MANIFEST_MEDIA_TYPES = (

@@ -7,7 +7,6 @@ Dockerfiles, so each has a strict pattern: we reject, we never escape.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import re
 from dataclasses import dataclass, field, replace
@@ -16,12 +15,12 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
 from builder import components as comp
-from builder import facts
-from builder.errors import MatrixError, UsageError
+from builder import facts, imageref
+from builder.errors import MatrixError, Problem, UsageError, did_you_mean
+from builder.lockfile import lock_path, pin_specs
 from builder.stanzas import Catalog, load_catalog
 from builder.yamlio import LineDict, load_yaml
 
@@ -33,11 +32,6 @@ FLAVORS = ("dlc", "source", "nvidia")
 NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")  # docker repository path component
 REPO_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*\Z")
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
-IMAGE_RE = re.compile(
-    r"^(?:[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?/)?"  # optional registry host[:port]
-    r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"  # path
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?\Z"
-)
 VERSION_RE = re.compile(r"^\d+(?:\.\d+){0,3}(?:(?:a|b|rc)\d+)?(?:\.post\d+)?\Z")
 NCCL_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+(?:-\d+)?\Z")
 PYTHON_RE = re.compile(r"^3\.\d{1,2}\Z")
@@ -133,25 +127,6 @@ CODE_KEYS = ("dir", "program")
 WAIVABLE = {
     "nccl-older-than-base": "a pinned NCCL older than the one the base image ships",
 }
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    line: int
-    image: str | None
-    key: str | None
-    message: str
-    severity: str = "error"
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        parts = [where]
-        if self.image:
-            parts.append(f"image '{self.image}'")
-        if self.key:
-            parts.append(self.key)
-        return ": ".join(parts) + f": {self.message}"
 
 
 @dataclass(frozen=True)
@@ -292,8 +267,6 @@ class Matrix:
             raise MatrixError(errors or [Problem(str(self.path), draft.line, name, None, "invalid override")])
         if not self.pinned:
             return spec
-        from builder.lock import pin_specs
-
         return pin_specs(self.path, [spec])[0][0]
 
 
@@ -323,9 +296,7 @@ class _Draft:
     prov: dict
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+_did_you_mean = did_you_mean
 
 
 def _shown(path: Path) -> str:
@@ -333,11 +304,15 @@ def _shown(path: Path) -> str:
     return path.name if path.parent.resolve() == Path.cwd().resolve() else str(path)
 
 
-def load_matrix(path: Path | str, catalog: Catalog | None = None, pin: bool = True) -> Matrix:
+def load_matrix(path: Path | str, catalog: Catalog | None = None, pin: bool = True,
+                only: Iterable[str] | None = None) -> Matrix:
     """Load, expand and validate a matrix file; raise MatrixError with every problem found.
 
     With ``pin`` (the default), bases locked in matrix.lock.json are pinned by digest and every
-    gap between the lock and the matrix is a warning; `builder lock` loads with pin=False."""
+    gap between the lock and the matrix is a warning; `builder lock` loads with pin=False.
+    ``only`` (image names) validates the file's top level and only the entries whose name
+    template can give one of those names (`builder render NAME --stdout`); the Matrix then
+    holds those images alone."""
     path = Path(path)
     data = load_yaml(path)
     file = _shown(path)
@@ -381,6 +356,9 @@ def load_matrix(path: Path | str, catalog: Catalog | None = None, pin: bool = Tr
     specs: list[ImageSpec] = []
     seen: dict[str, int] = {}
     by_name: dict[str, _Draft] = {}
+    if only is not None:
+        wanted = set(only)
+        drafts = [d for d in drafts if any(_could_name(d.name_template, n) for n in wanted)]
     for draft in drafts:
         spec = _build_spec(ctx, draft, problems)
         if spec is None:
@@ -397,9 +375,7 @@ def load_matrix(path: Path | str, catalog: Catalog | None = None, pin: bool = Tr
     if errors:
         raise MatrixError(errors)
     if pin:
-        from builder.lock import lock_path, pin_specs
-
-        specs, gaps = pin_specs(path, specs)
+        specs, gaps = pin_specs(path, specs, complete=only is None)
         problems += [Problem(_shown(lock_path(path)), 0, None, None, gap, "warning") for gap in gaps]
     return Matrix(
         path=path,
@@ -410,6 +386,15 @@ def load_matrix(path: Path | str, catalog: Catalog | None = None, pin: bool = Tr
         _context=ctx,
         pinned=pin,
     )
+
+
+def _could_name(template: object, name: str) -> bool:
+    """Whether a name template ('nvidia-ngc{base_tag}-efa{efa}') can give this name: its
+    literal parts in order, any placeholder standing for any text."""
+    if not isinstance(template, str):
+        return True  # reported by _build_spec
+    pattern = "".join(".*" if i % 2 else re.escape(part) for i, part in enumerate(PLACEHOLDER_RE.split(template)))
+    return re.fullmatch(pattern, name, re.DOTALL) is not None
 
 
 def _mapping(data: LineDict, key: str, err) -> LineDict | None:
@@ -528,7 +513,7 @@ def _load_bases(data: LineDict, err) -> dict[str, BaseImage | None]:
                     err(raw_ships.line_of("cuda"), None, f"{where}.ships.cuda", f"{ships['cuda']} contradicts the DLC tag ({dlc.cuda_tag})")
                     ok = False
                 ships.setdefault("cuda", comp.cuda_from_tag(dlc.cuda_tag))  # cu124 -> 12.4; ships may say 12.4.1
-        if image is not None and (not isinstance(image, str) or not IMAGE_RE.match(image)):
+        if image is not None and (not isinstance(image, str) or not imageref.is_reference(image)):
             err(entry.line_of("image"), None, f"{where}.image", "not a valid image reference (registry/repo:tag[@sha256:...])")
             ok = False
         if image is None and dlc is None:
@@ -1016,6 +1001,8 @@ def _pip(raw, err) -> list[str]:
     if not isinstance(raw, list):
         err("pip", "must be a list of requirements like \"torchmetrics==1.4.0\"")
         return []
+    from packaging.requirements import InvalidRequirement, Requirement  # local: only pip: lists need it
+
     out = []
     for item in raw:
         if not isinstance(item, str) or not REQUIREMENT_RE.match(item.strip()):

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from builder.buildkit import sdk_client
 from builder.ecr import EcrApi, Repository, check_registry, check_repository, check_tag
 from builder.errors import BuilderError
 from builder.push_stream import AUTH, FATAL, TAG_CONFLICT, LayerProgress, PushStreamError, read_push_stream
@@ -113,13 +114,7 @@ class Pusher:
     @property
     def docker(self):
         if self._docker is None:
-            import docker
-
-            try:
-                self._docker = docker.from_env(timeout=600)
-                self._docker.ping()
-            except docker.errors.DockerException as exc:
-                raise BuilderError(f"cannot reach the Docker engine ({exc}); start dockerd or set DOCKER_HOST") from None
+            self._docker = sdk_client(timeout=600)
         return self._docker
 
     def push(self, request: PushRequest) -> PushResult:

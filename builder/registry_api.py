@@ -39,6 +39,12 @@ def base_url(registry: str) -> str:
     return f"{'http' if is_loopback(registry) else 'https'}://{registry}"
 
 
+class RegistryError(BuilderError):
+    """A registry could not be asked (unreachable, refused the login, odd answer)."""
+
+    exit_code = 4
+
+
 class RegistryUnreachable(BuilderError):
     """The registry did not answer (connection refused, reset, timeout): worth another try."""
 

@@ -14,7 +14,6 @@ from types import MappingProxyType
 from typing import Mapping
 
 import jinja2
-from packaging.requirements import Requirement
 from packaging.version import Version
 
 from builder import components as comp
@@ -60,7 +59,9 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=True,
             autoescape=False,  # Dockerfiles, not HTML; values are validated by the matrix loader
+            bytecode_cache=_bytecode_cache(),
         )
+        self._snippets: dict[str, jinja2.Template] = {}  # check arguments, compiled once
 
     # -- context ---------------------------------------------------------------------------------
 
@@ -80,7 +81,7 @@ class Renderer:
             "url": lambda key, arg=None: _url(spec, key, arg),
             "gencode": comp.gencode_flags(spec.cuda_archs),
             "arch_list": comp.torch_arch_list(spec.cuda_archs),
-            "pip_names": [Requirement(r).name for r in spec.pip],
+            "pip_names": _pip_names(spec.pip),
         }
         if "cuda" in v:
             ctx["cuda_tag"] = comp.cuda_tag(v["cuda"])
@@ -188,7 +189,9 @@ class Renderer:
 
     def _fill(self, value, ctx):
         if isinstance(value, str) and "{" in value:
-            return self.env.from_string(value).render(ctx)
+            if value not in self._snippets:
+                self._snippets[value] = self.env.from_string(value)
+            return self._snippets[value].render(ctx)
         if isinstance(value, list):
             return tuple(self._fill(v, ctx) for v in value)
         return value
@@ -215,6 +218,30 @@ class Renderer:
         if ofi is not None and spec.flavor != "dlc":
             lines.append(f"# nccl net plugin: {ofi.net_lib} ({ofi.version_note})")
         return "\n".join(_wrap(line) for line in lines) + "\n"
+
+
+def _pip_names(requirements) -> list[str]:
+    if not requirements:
+        return []
+    from packaging.requirements import Requirement  # local: ~20 ms of imports most images never need
+
+    return [Requirement(r).name for r in requirements]
+
+
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    """Compiled stanza templates kept between runs in <cache>/jinja (jinja2 checks each against
+    its source's checksum and its own version): compiling them is most of a one-image render's
+    time otherwise. None (no cache) where that folder cannot be written or caching is off."""
+    from builder.render_cache import cache_dir
+
+    folder = cache_dir()
+    if folder is None:
+        return None
+    try:
+        (folder / "jinja").mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(folder / "jinja")) if os.access(folder / "jinja", os.W_OK) else None
 
 
 class _Lenient(dict):

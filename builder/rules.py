@@ -15,6 +15,7 @@ from packaging.version import Version
 
 from builder import components as comp
 from builder import facts
+from builder.errors import Problem
 
 RULES: list[tuple[str, str, Callable]] = []  # (id, one-line description, function)
 
@@ -56,15 +57,13 @@ def rule(rule_id: str, description: str):
     return wrap
 
 
-def V(s: str) -> Version:
-    # NCCL's "2.19.3-1" form: the release suffix orders like a post-release.
-    return Version(s.replace("-", ".post") if re.match(r"^\d+\.\d+\.\d+-\d+$", s) else s)
+# NCCL's "2.19.3-1" needs no rewrite: PEP 440 reads "-N" as an implicit post-release
+# (packaging.python.org, "Version specifiers", "Implicit post releases"), 2.19.3-1 == 2.19.3.post1.
+V = Version
 
 
 def check(spec, comps_raw=None):
-    """All problems of one spec, as matrix.Problem objects (file/line/image filled by the caller)."""
-    from builder.matrix import Problem
-
+    """All problems of one spec, as Problem objects (file/line/image filled by the caller)."""
     out = []
     for rule_id, _desc, fn in RULES:
         for f in fn(spec):

@@ -28,7 +28,8 @@ from builder import components as comp
 from builder.build_report import history
 from builder.buildkit import image_inspect, last_line
 from builder.errors import BuilderError, UsageError
-from builder.matrix import IMAGE_RE, ImageSpec
+from builder import imageref
+from builder.matrix import ImageSpec
 from builder.render import Check, Renderer
 
 EXEC_TIMEOUT = 300
@@ -723,16 +724,15 @@ _HYGIENE_WHY = {
 def resolve(matrix, arg: str, image: str | None = None) -> tuple[ImageSpec | None, str]:
     """NAME (a matrix image: its primary ref) or IMAGE (a reference; its title label names the
     matrix entry when there is one). --image REF checks REF against NAME's expectations."""
+    if image is None:
+        ref, spec = imageref.resolve(matrix, arg)
+        return spec, ref
     spec = matrix.find(arg) if matrix is not None else None
     if spec is not None:
-        return spec, image or spec.primary_ref
-    if image is not None:
-        if matrix is not None:
-            matrix.get(arg)  # raises with a did-you-mean
-        raise UsageError(f"no image named '{arg}' in the matrix (with --image, the argument is a matrix name)")
-    if not IMAGE_RE.fullmatch(arg):  # whole: a trailing newline is refused
-        raise UsageError(f"'{arg}' is neither an image of the matrix nor a valid image reference")
-    return None, arg
+        return spec, image
+    if matrix is not None:
+        matrix.get(arg)  # raises with a did-you-mean
+    raise UsageError(f"no image named '{arg}' in the matrix (with --image, the argument is a matrix name)")
 
 
 def smoke(docker: str, image: str, spec: ImageSpec | None, config: dict | None = None) -> SmokeReport:

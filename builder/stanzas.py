@@ -50,6 +50,10 @@ CHECK_KINDS = {
 }
 
 
+# libyaml's safe loader when PyYAML has it (the catalogue is read on every start), same results.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 @dataclass(frozen=True)
 class StanzaMeta:
     name: str
@@ -79,7 +83,7 @@ def _parse_meta(path: Path) -> StanzaMeta:
     m = _META_RE.match(text)
     if not m:
         raise CatalogError(f"{path}: stanza must open with a {{#--- YAML metadata ---#}} block")
-    data = yaml.safe_load(m.group("meta")) or {}
+    data = yaml.load(m.group("meta"), Loader=_SAFE_LOADER) or {}
     unknown = set(data) - {"summary", "needs", "optional", "apt", "checks", "compiles_cuda"}
     if unknown:
         raise CatalogError(f"{path}: unknown metadata keys {sorted(unknown)}")
@@ -121,7 +125,7 @@ def load_catalog(templates_dir: Path = TEMPLATES_DIR) -> Catalog:
     if not stanzas or not (templates_dir / "flavors").is_dir():
         raise CatalogError(f"no stanza templates in {templates_dir}: reinstall the package (pip install .) or run from a checkout")
     for path in sorted((templates_dir / "flavors").glob("*.yaml")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
         missing = [s for s in data["stanzas"] if s not in stanzas]
         if missing:
             raise CatalogError(f"{path}: unknown stanzas {missing}")

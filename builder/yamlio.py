@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from builder.errors import MatrixError
+from builder.errors import MatrixError, Problem
 
 
 class LineDict(dict):
@@ -67,8 +67,6 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 
 def load_yaml(path: Path):
     """Parse a YAML file; a syntax error becomes a one-line MatrixError naming file and line."""
-    from builder.matrix import Problem  # local: matrix imports this module
-
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

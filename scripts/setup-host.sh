@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker.io debootstrap squashfs-tools squashfs-tools-ng docker-registry slurm-wlm munge libpmix-dev busybox-static)
+# gnupg: builder outdated --write verifies the EFA installer's signature with gpg (and its tests sign with a throw-away key).
+APT_PACKAGES=(docker.io debootstrap squashfs-tools squashfs-tools-ng docker-registry slurm-wlm munge libpmix-dev busybox-static gnupg)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

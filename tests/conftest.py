@@ -18,6 +18,15 @@ if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_dir(tmp_path_factory):
+    """builder's caches (stored renders, compiled templates) in this session's temp folder, for
+    the CLI run in-process and in subprocesses alike: tests never read a user's cache."""
+    os.environ["BUILDER_CACHE_DIR"] = str(tmp_path_factory.mktemp("builder-cache"))
+    yield
+    os.environ.pop("BUILDER_CACHE_DIR", None)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

@@ -288,7 +288,8 @@ def test_every_builder_verb_in_the_workflow_exists():
     text = WORKFLOW.read_text()
     verbs = set(re.findall(r"(?<![-\w])builder ([a-z]+)", text))  # not buildx's --builder NAME
     assert {"matrix", "render", "build", "smoke", "push", "export", "lock", "validate"} <= verbs
-    assert verbs <= set(cli.commands), verbs - set(cli.commands)
+    known = set(cli.list_commands(None))  # verbs are imported on first use: ask the group
+    assert verbs <= known, verbs - known
 
 
 def test_runner_labels_are_known_to_the_linter():

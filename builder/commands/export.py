@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from builder import imageref
 from builder.errors import UsageError
 
 
@@ -20,9 +21,7 @@ def _entry(spec) -> dict:
     }
 
 
-def _bare(arg: str) -> bool:
-    """A bare word (no registry, repository path, tag or digest): a matrix NAME, or a local image."""
-    return not any(c in arg for c in ":/@")
+_bare = imageref.is_bare  # a matrix NAME, or a local image
 
 
 def _resolve(matrix, arg: str) -> tuple[str, dict | None]:
@@ -32,16 +31,11 @@ def _resolve(matrix, arg: str) -> tuple[str, dict | None]:
     entry is the matrix image whose refs it names (with or without a registry host, as CI
     exports ``$ECR_REGISTRY/<ref>``), else found later from the image's title label.
     """
-    from builder.export import validate_reference
-    from builder.imageref import split_registry
-
-    if matrix is not None and _bare(arg):
-        spec = matrix.find(arg)
-        if spec is not None:
-            return spec.primary_ref, _entry(spec)
-    ref = validate_reference(arg)
+    ref, spec = imageref.resolve(matrix, arg, "an image in the matrix nor a valid image reference (name[:tag][@digest])")
+    if spec is not None:
+        return ref, _entry(spec)
     if matrix is not None:
-        plain = split_registry(ref)[1]
+        plain = imageref.split_registry(ref)[1]
         spec = next((s for s in matrix.images if plain in s.refs or ref in s.refs), None)
         if spec is not None:
             return ref, _entry(spec)
@@ -104,10 +98,12 @@ def register(cli: click.Group) -> None:
         and the file's sha256; exporting an unchanged image again is skipped (unless --force).
 
         Exit codes: 0 exported or already up to date; 1 the export failed (engine, disk full,
-        permission, mksquashfs); 2 bad input (unknown image, bad option).
+        permission, mksquashfs), with one error: line; 2 bad input (a NAME neither in the matrix
+        nor a local image, an invalid reference or matrix, conflicting options, enroot missing
+        for --method enroot); 130 interrupted (Ctrl-C or SIGTERM: temporaries removed).
         """
         from builder.export import ExportRequest, docker_client, export_image, find_image, squash
-        from builder.matrix import _did_you_mean
+        from builder.errors import did_you_mean as _did_you_mean
 
         # A reference needs no matrix, but only when there is none: an invalid matrix is an
         # error, never a quiet fallback (as in smoke).

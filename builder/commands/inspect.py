@@ -35,7 +35,10 @@ def spec_summary(spec: ImageSpec) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def list_cmd(state, as_json):
-    """List the images of the matrix (after axes are expanded)."""
+    """List the images of the matrix (after axes are expanded).
+
+    Exit codes: 0 listed; 2 the matrix is invalid (every problem, one line each).
+    """
     matrix = state.matrix()
     if as_json:
         click.echo(json.dumps([spec_summary(s) for s in matrix.images], indent=2))
@@ -54,7 +57,11 @@ def list_cmd(state, as_json):
 @click.command("validate")
 @click.pass_obj
 def validate_cmd(state):
-    """Check the matrix: every value and compatibility rule. Exit 2 listing every problem."""
+    """Check the matrix: every value and compatibility rule.
+
+    Exit codes: 0 valid (warnings are printed and allowed); 2 invalid, listing every problem,
+    one line each naming file, line, image and key.
+    """
     matrix = state.matrix()
     click.echo(f"{state.matrix_path}: {len(matrix.images)} images valid"
                + (f", {len(matrix.warnings)} warnings" if matrix.warnings else ""))
@@ -64,7 +71,10 @@ def validate_cmd(state):
 @click.argument("name")
 @click.pass_obj
 def explain_cmd(state, name):
-    """Show each stanza and version of an image and the rule or default that chose it."""
+    """Show each stanza and version of an image and the rule or default that chose it.
+
+    Exit codes: 0 shown; 2 unknown image (with a did-you-mean) or an invalid matrix.
+    """
     matrix = state.matrix()
     spec = matrix.get(name)
     catalog = matrix.catalog
@@ -129,7 +139,10 @@ def _stanza_reason(spec: ImageSpec, meta, prov) -> str:
 @click.argument("b")
 @click.pass_obj
 def diff_cmd(state, a, b):
-    """Compare two images: a component table, then the diff of their Dockerfiles."""
+    """Compare two images: a component table, then the diff of their Dockerfiles.
+
+    Exit codes: 0 compared; 2 unknown image or an invalid matrix.
+    """
     matrix = state.matrix()
     sa, sb = matrix.get(a), matrix.get(b)
     keys = sorted(set(sa.versions) | set(sb.versions))
@@ -157,7 +170,10 @@ def _short(value: str) -> str:
 @click.option("--flavor", type=click.Choice(["dlc", "source", "nvidia"]), help="Only this flavor's stanzas, in build order.")
 @click.pass_obj
 def stanzas_cmd(state, flavor):
-    """List the stanza catalogue: what each does, what it needs, which checks prove it."""
+    """List the stanza catalogue: what each does, what it needs, which checks prove it.
+
+    Exit codes: 0 listed; 2 bad option.
+    """
     from builder.stanzas import load_catalog
 
     catalog = load_catalog()

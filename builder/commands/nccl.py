@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from builder import imageref
 from builder.errors import UsageError
 from builder.buildkit import docker_path
 from builder.nccl import EXIT_FAIL, EXIT_NO_RESULTS, EXIT_PASS
@@ -24,12 +25,6 @@ from builder.nccl.judge import judge as judge_run
 from builder.nccl.parse import NoResults, parse_runs, perf_name
 from builder.nccl.report import SCHEMA, rows_text, summary_text, to_json, verdict_text
 from builder.nccl.run import COLLECTIVES, RunOptions, parse_size
-
-EXIT_HELP = (
-    "Exit codes: 0 pass; 1 fail (below threshold, data errors, socket fallback, nccl-tests failed); "
-    "2 bad input; 3 no NVIDIA GPU on this host (run only); 4 no nccl-tests result rows in the output."
-)
-
 
 def _read(path: str) -> str:
     if path == "-":
@@ -53,9 +48,10 @@ def nccl_group() -> None:
     """nccl-tests smoke checks: run them in an image, parse any output, judge it against the hardware.
 
     \b
-    Exit codes: 0 pass; 1 fail (below threshold, data errors, socket fallback,
-    nccl-tests failed); 2 bad input; 3 no NVIDIA GPU on this host (run only);
-    4 no nccl-tests result rows in the output.
+    Exit codes: 0 pass; 1 fail (cut short, data errors, transport, below threshold,
+    or nccl-tests failed); 2 bad input (option, unknown image or instance type,
+    unreadable file, a pull that failed, --nodes needed); 3 no NVIDIA GPU on this
+    host (run only); 4 no nccl-tests result rows in the output.
     """
 
 
@@ -177,7 +173,7 @@ def _resolve_image(state, target: str) -> str:
     """A matrix image name -> its primary ref; anything else must be a valid image reference."""
     from builder.nccl.run import check_image_ref
 
-    if any(c in target for c in ":/@"):  # a reference, never a matrix name
+    if not imageref.is_bare(target):  # a reference, never a matrix name
         return check_image_ref(target)
     try:
         spec = state.matrix().find(target)

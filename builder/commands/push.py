@@ -3,39 +3,30 @@
 from __future__ import annotations
 
 import json
-import re
 
 import click
 
 from builder.ecr import check_repository
 from builder.errors import UsageError
-from builder.imageref import split_registry
-
-# An explicit local image reference: [host[:port]/]path:tag (a tag is required, so that a bare
-# word is always a matrix name and a typo gets a did-you-mean instead of a push of 'typo:latest').
-IMAGE_REF_RE = re.compile(
-    r"^(?:(?P<host>[A-Za-z0-9.-]+(?::[0-9]+)?|localhost)/)?"
-    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
-    r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})\Z"
-)
-
+from builder import imageref
 
 def parse_image_ref(ref: str) -> tuple[str, str]:
-    """'[registry/]repo/path:tag' -> (repository without the registry host, tag)."""
-    match = IMAGE_REF_RE.match(ref)
-    if not match:
+    """'[registry/]repo/path:tag' -> (repository without the registry host, tag). A tag is
+    required, so that a bare word is always a matrix name and a typo gets a did-you-mean
+    instead of a push of 'typo:latest'."""
+    parsed = imageref.parse(ref)
+    if parsed is None or parsed.tag is None or parsed.digest is not None:
         raise UsageError(
             f"{ref!r} is neither an image of the matrix nor an image reference with a tag (name:tag); see 'builder list'"
         )
-    _, path = split_registry(ref[: -len(match["tag"]) - 1])
-    return check_repository(path), match["tag"]
+    return check_repository(parsed.path), parsed.tag
 
 
 def resolve(state, arg: str):
     """NAME (an image of the matrix: all its tags) or IMAGE (a local reference: its one tag)."""
     from builder.push import PushRequest
 
-    if ":" not in arg and "/" not in arg and "@" not in arg:
+    if imageref.is_bare(arg):
         spec = state.matrix().find(arg)
         if spec is None:
             state.matrix().get(arg)  # raises UsageError with a did-you-mean
@@ -77,8 +68,10 @@ def register(cli: click.Group) -> None:
         (HEAD manifest) and ECR's (describe_images). An immutable tag that already holds this very
         image counts as pushed.
 
-        Exit codes: 0 every tag pushed and verified; 1 the push failed (after retries) or could not
-        be verified; 2 bad input; 3 an immutable tag already holds a different image.
+        Exit codes: 0 every tag pushed (or already present) and verified; 1 the push failed after
+        retries, the registry refused the token, or a digest could not be verified; 2 bad input
+        (unknown image, invalid reference, --registry or --region); 3 an immutable tag already
+        holds a different image.
         """
         from builder.ecr import EcrApi, check_registry
         from builder.push import Pusher

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
+from builder import render_cache
 from builder.errors import BuilderError, UsageError
-from builder.render import Renderer, dockerfile_path, generated_dirs, write_atomic
 
 
 def _parse_sets(values: tuple[str, ...]) -> dict[str, str | None]:
@@ -42,24 +42,45 @@ def render_cmd(state, names, all_, out_dir, check, to_stdout, sets, with_, witho
     builder render --all --check         exit 1 when images/ is out of date (CI)
     builder render NAME --set nccl=2.23.4 --with xformers --stdout
                                          one custom Dockerfile for review
+
+    NAME --stdout validates what that image needs (the file's top level and its entry), not
+    every image. Exit codes: 0 written or up to date; 1 --check found images/ stale (a file
+    missing, different, or no longer in the matrix); 2 bad input (invalid matrix, unknown
+    image, a bad --set/--with/--without, which are re-validated like the matrix).
     """
-    matrix = state.matrix()
-    renderer = Renderer()
     custom = bool(sets or with_ or without)
     if custom or to_stdout:
         if len(names) != 1 or all_:
             raise UsageError("--set/--with/--without/--stdout work on exactly one image name")
+        if to_stdout:  # a review tool run again and again: an unchanged input prints the stored result
+            request = {"name": names[0], "set": list(sets), "with": list(with_), "without": list(without)}
+            cache_key = render_cache.key(state.matrix_path, request)
+            stored = render_cache.load(cache_key)
+            if stored is not None:
+                for warning in stored["warnings"]:
+                    click.echo(f"warning: {warning}", err=True)
+                click.echo(stored["dockerfile"], nl=False)
+                return
+        from builder.render import Renderer, dockerfile_path, write_atomic
+
+        matrix = state.matrix(only=names[0])  # validates what this image needs, not every image
+        renderer = Renderer(catalog=matrix.catalog)
         spec = matrix.customize(names[0], _parse_sets(sets), with_, without) if custom else matrix.get(names[0])
         rendered = renderer.render(spec)
         if to_stdout or out_dir is None and custom:
             if not to_stdout:
                 raise UsageError("a customised image is not in the matrix: pass --stdout, or --out DIR to write it")
+            render_cache.store(cache_key, rendered.dockerfile, [str(w) for w in matrix.warnings])
             click.echo(rendered.dockerfile, nl=False)
             return
         write_atomic(dockerfile_path(out_dir, spec), rendered.dockerfile)
         click.echo(f"wrote {dockerfile_path(out_dir, spec)}", err=True)
         return
 
+    from builder.render import Renderer, dockerfile_path, generated_dirs, write_atomic
+
+    matrix = state.matrix()
+    renderer = Renderer(catalog=matrix.catalog)
     specs = matrix.select(names, all_)
     root = out_dir.parent if out_dir else state.root
     target = (lambda s: out_dir / s.name / "Dockerfile") if out_dir else (lambda s: dockerfile_path(state.root, s))

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import click
 
-from builder import slurm
+from builder import imageref, slurm
 from builder.errors import BuilderError, UsageError
-
-# An image reference that is not a matrix name (same shape the matrix accepts).
-IMAGE_REF_RE = re.compile(
-    r"^(?:[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?/)?"
-    r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
-)
 
 EPILOG = """\b
 Exit codes: 0 script written (and accepted, submitted or finished as asked);
@@ -41,8 +33,7 @@ def _resolve(state, image: str, efa, ofi, nccl) -> tuple[str, dict, bool]:
                 f"{image!r} is not an image in {state.matrix_path.name}; for another image pass the versions "
                 "it contains: --efa VERSION [--aws-ofi-nccl VERSION] [--nccl VERSION]"
             )
-        if not IMAGE_REF_RE.fullmatch(image):
-            raise UsageError(f"{image!r} is neither a matrix image name nor a valid image reference")
+        imageref.resolve(None, image, "a matrix image name nor a valid image reference")
     for key, value in (("efa", efa), ("aws_ofi_nccl", ofi), ("nccl", nccl)):
         if value is not None:
             versions[key] = value

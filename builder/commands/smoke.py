@@ -36,7 +36,9 @@ def smoke_cmd(state, target, image, sagemaker, as_json, docker):
     credentials are checked, and a WARN line says so). --sagemaker runs the image as SageMaker
     local mode does.
 
-    Exit codes: 0 all checks passed; 1 a check failed (each failure is one line); 2 bad input.
+    Exit codes: 0 all checks passed (WARN lines included); 1 a check or the SageMaker contract
+    failed (each failure is one line); 2 bad input (unknown NAME, invalid matrix, missing
+    --docker client, an image without the toolkit with --sagemaker).
     """
     docker = docker_path(docker)
     # A bare image needs no matrix, but only when there is none: an invalid matrix is an error,

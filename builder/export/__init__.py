@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from builder import imageref
+from builder.buildkit import sdk_client
 from builder.errors import BuilderError, UsageError
 from builder.export import atomic, native, sidecar, squash
 from builder.export.native import pause as _pause
@@ -40,17 +42,8 @@ FORMATS = ("sqsh", "tar")
 METHODS = ("native", "enroot")
 SOURCES = ("container", "layers")  # native: the engine's docker export (streamed), or docker save + our layer merge
 
-_NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REFERENCE = re.compile(
-    rf"^(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*(?::[0-9]+)?)/)?"
-    rf"{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*"
-    rf"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?$"
-)
-_IMAGE_ID = re.compile(r"^(?:sha256:)?[a-f0-9]{12,64}$")
-
-
 def validate_reference(ref: str) -> str:
-    if _REFERENCE.match(ref) or _IMAGE_ID.match(ref):
+    if imageref.is_reference(ref) or imageref.IMAGE_ID_RE.match(ref):
         return ref
     raise UsageError(f"{ref!r} is neither an image in the matrix nor a valid image reference (name[:tag][@digest])")
 
@@ -108,17 +101,9 @@ class ExportResult:
 
 def docker_client():
     """A Docker SDK client of the engine, checked to answer."""
-    import docker
-    from docker.errors import DockerException
-
-    try:
-        # A long read timeout: the engine may compute a big layer's tar (vfs, fuse-overlayfs)
-        # for minutes before it sends the first byte of it.
-        client = docker.from_env(timeout=3600)
-        client.ping()
-    except DockerException as exc:
-        raise BuilderError(f"cannot reach the Docker engine ({exc.__class__.__name__}); start dockerd or set DOCKER_HOST") from None
-    return client
+    # A long read timeout: the engine may compute a big layer's tar (vfs, fuse-overlayfs)
+    # for minutes before it sends the first byte of it.
+    return sdk_client(timeout=3600)
 
 
 def find_image(client, ref: str):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from builder.buildkit import image_inspect, last_line
 from builder.errors import BuilderError, UsageError
+from builder import imageref
 from builder.imageref import split_registry
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "alltoall", "sendrecv")
@@ -29,12 +30,7 @@ COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "alltoall", "sendre
 SEARCH_DIRS = ("/opt/nccl-tests/build", "/usr/local/bin", "/opt/amazon/nccl-tests/build", "/opt/nccl_tests/build")
 LOG_DIR_IN_CONTAINER = "/nccl-debug"
 
-_REF = re.compile(
-    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::\d{1,5})?/)?"  # registry[:port]/
-    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"  # path
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
-)
-_SIZE = re.compile(r"^(\d+)([KMG]?)$", re.IGNORECASE)
+_SIZE = re.compile(r"^(\d+)([KMG]?)\Z", re.IGNORECASE)
 
 
 class NoGpuError(BuilderError):
@@ -45,9 +41,7 @@ class NoGpuError(BuilderError):
 
 
 def check_image_ref(ref: str) -> str:
-    if not _REF.match(ref) or len(ref) > 255:
-        raise UsageError(f"'{ref}' is neither an image name of the matrix nor a valid image reference")
-    return ref
+    return imageref.resolve(None, ref, "an image name of the matrix nor a valid image reference")[0]
 
 
 def parse_size(text: str) -> str:

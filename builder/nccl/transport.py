@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from builder.nccl.prefix import split_prefix
+
 # Verdicts, worst first: the job's verdict is the worst any process reports.
 SOCKET, OFI_OTHER, OTHER, IB, EFA, UNKNOWN = "socket", "ofi-other", "other", "ib", "efa", "unknown"
 _WORST_FIRST = (SOCKET, OFI_OTHER, OTHER, IB, EFA)
@@ -115,8 +117,6 @@ class _Process:
 
 def detect_transport(lines: list[str]) -> Transport:
     """The verdict of NCCL log lines (launcher prefixes allowed, any rank, any order)."""
-    from builder.nccl.parse import split_prefix  # prefixes are the table parser's business too
-
     procs: dict[str, _Process] = {}
     plugin = provider = None
     nics = None
