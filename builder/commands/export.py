@@ -71,8 +71,8 @@ def register(cli: click.Group) -> None:
                        "applied with its whiteouts in --work-dir, then mksquashfs.")
     @click.option("--compression", metavar="NAME[:LEVEL]",
                   help="zstd (level 3 unless given), gzip, xz, lz4, lzo (enroot's own '-comp lzo -noD') or none. "
-                       "zstd, gzip and xz are streamed; lz4, lzo and none unpack the image for mksquashfs (about "
-                       "enroot's time). Default: $ENROOT_SQUASH_OPTIONS, else enroot's configuration (enroot.conf "
+                       "zstd, gzip and xz are streamed; lz4, lzo and none unpack the image for mksquashfs (slower "
+                       "than enroot here). Default: $ENROOT_SQUASH_OPTIONS, else enroot's configuration (enroot.conf "
                        "and enroot.conf.d), else zstd:1.")
     @click.option("--squash-options", metavar="'OPTS'",
                   help="Raw mksquashfs options instead of --compression (like ENROOT_SQUASH_OPTIONS), e.g. '-comp zstd -b 1M'.")
