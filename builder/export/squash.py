@@ -48,7 +48,7 @@ def compression_options(spec: str) -> tuple[str, ...]:
     """'zstd' / 'zstd:19' / 'gzip:6' / 'lz4' / 'lzo' / 'none' -> mksquashfs arguments.
 
     lzo means what enroot means by it: its default ``-comp lzo -noD`` (data blocks stored
-    uncompressed), which only mksquashfs can write, from an unpacked copy: 1.4-1.6x enroot's time
+    uncompressed), which only mksquashfs can write, from an unpacked copy: 1.2-1.6x enroot's time
     here (benchmarks/export_bench.py --all), the same size."""
     name, _, level = spec.partition(":")
     name = name.strip().lower()
