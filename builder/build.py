@@ -207,23 +207,7 @@ class Builder:
         self.reporter.update(name, "starting")
         start = time.monotonic()
         p.iidfile.unlink(missing_ok=True)
-        with open(log_path, "w", encoding="utf-8") as log:
-            log.write("$ " + shlex.join(p.argv) + "\n")
-            log.flush()
-            proc = subprocess.Popen(p.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    errors="replace", env=self.client.environ(), start_new_session=True)
-            with self._lock:
-                self._procs[name] = proc
-            for line in proc.stdout:
-                log.write(line)
-                changed = progress.feed(line)
-                if changed:
-                    index = p.steps.index(changed) + 1
-                    self.reporter.update(name, f"stanza {changed} (step {index}/{len(p.steps)}, "
-                                               f"{time.monotonic() - start:.0f}s)")
-            code = proc.wait()
-            with self._lock:
-                self._procs.pop(name, None)
+        code = self._run_build(p, progress, log_path, start)
         result.duration_s = round(time.monotonic() - start, 1)
         if self.stop.is_set():
             result.status = "interrupted"
@@ -263,6 +247,28 @@ class Builder:
         result.status = "built"
         self.reporter.update(name, f"built {result.image_id[7:19]}, {rep.human(result.size)} "
                                    f"in {result.duration_s:.0f}s")
+
+    def _run_build(self, p: Plan, progress: Progress, log_path: Path, start: float) -> int:
+        """The build command, its output to the log and its progress to the reporter; its exit code."""
+        name = p.spec.name
+        with open(log_path, "w", encoding="utf-8") as log:
+            log.write("$ " + shlex.join(p.argv) + "\n")
+            log.flush()
+            proc = subprocess.Popen(p.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    errors="replace", env=self.client.environ(), start_new_session=True)
+            with self._lock:
+                self._procs[name] = proc
+            for line in proc.stdout:
+                log.write(line)
+                changed = progress.feed(line)
+                if changed:
+                    index = p.steps.index(changed) + 1
+                    self.reporter.update(name, f"stanza {changed} (step {index}/{len(p.steps)}, "
+                                               f"{time.monotonic() - start:.0f}s)")
+            code = proc.wait()
+            with self._lock:
+                self._procs.pop(name, None)
+        return code
 
     def _docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """A short docker command in its own session: Ctrl-C in the terminal must not kill it

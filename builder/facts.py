@@ -21,34 +21,67 @@ SYNC_MEMOPS_OVERRIDE = ("FI_EFA_SET_CUDA_SYNC_MEMOPS", "0")
 # The EFA installer bundles aws-ofi-nccl from 1.38.0 on (AWS EFA changelog; awsome-distributed-training
 # nccl-tests.Dockerfile drops its separate build in 2025-09).
 EFA_BUNDLES_OFI = V("1.38.0")
-# Bundled plugin location moved in 1.44.0: <arch>-linux-gnu/libnccl-net.so -> libnccl-net-ofi.so.
+# Bundled plugin location moved in 1.44.0: <arch>-linux-gnu/libnccl-net.so -> libnccl-net-ofi.so
+# (aws/deep-learning-containers scripts/docker/common/install_efa.sh check_libnccl_net_so). On Amazon
+# Linux 2023 the directory is lib64 (install_efa_amzn2023.sh: /opt/amazon/ofi-nccl/lib64/).
 EFA_OFI_FLAT_LAYOUT = V("1.44.0")
+OFI_LIBDIR_BY_OS = {"amzn2023": "lib64"}
 # EFA 1.43.0 dropped Ubuntu 20.04 (AWS EFA changelog).
 EFA_DROPS_UBUNTU2004 = V("1.43.0")
 
-# aws-ofi-nccl version bundled by EFA installer versions (AWS EFA changelog). Versions not listed
-# still bundle a plugin; smoke checks then only require it to exist and load.
-EFA_BUNDLED_OFI = {
-    V("1.40.0"): "1.14.2",
-    V("1.42.0"): "1.15.0",
-    V("1.43.0"): "1.16.1",
-    V("1.43.1"): "1.16.2",
-    V("1.43.2"): "1.16.3",
-    V("1.50.0"): "1.21.1",
-    V("1.51.0"): "1.22.0",
-}
+# The aws-ofi-nccl (libnccl-ofi) version each EFA installer bundles, as ranges: an installer keeps
+# the plugin of the last release whose changelog row says "Upgrade ... libnccl-ofi"/"Amazon OFI NCCL
+# Plugin" (EC2 user guide, "Elastic Fabric Adapter release notes", efa-changelog.html: 1.40.0 1.14.2,
+# 1.42.0 1.15.0, 1.43.0 1.16.1, 1.43.1 1.16.2, 1.43.2 1.16.3, 1.44.0 1.17.1, 1.45.0 1.17.2,
+# 1.47.0 1.18.0, 1.48.0 1.19.0, 1.49.0 1.20.0, 1.50.0 1.21.1 (2026-08-21), 1.51.0 1.22.0
+# (2026-10-22)). So 1.41.0 (rdma-core only) still bundles 1.14.2 and 1.46.0 still 1.17.2. Before
+# 1.40.0 the changelog names no plugin version: those installers bundle one, version unknown.
+EFA_BUNDLED_OFI_FROM = (
+    (V("1.40.0"), "1.14.2"),
+    (V("1.42.0"), "1.15.0"),
+    (V("1.43.0"), "1.16.1"),
+    (V("1.43.1"), "1.16.2"),
+    (V("1.43.2"), "1.16.3"),
+    (V("1.44.0"), "1.17.1"),
+    (V("1.45.0"), "1.17.2"),
+    (V("1.47.0"), "1.18.0"),
+    (V("1.48.0"), "1.19.0"),
+    (V("1.49.0"), "1.20.0"),
+    (V("1.50.0"), "1.21.1"),
+    (V("1.51.0"), "1.22.0"),
+)
+# The newest installer the changelog above was read for: a newer one may have moved the plugin.
+EFA_NEWEST_KNOWN = V("1.51.0")
 
-# aws-ofi-nccl git tags end in "-aws" up to v1.13.2-aws, plain from v1.14.0 (aws/aws-ofi-nccl tags).
+# From 1.48.0 the installer detects NGC-style containers by /opt/nvidia/nvidia_entrypoint.sh (present
+# in NGC and nvidia/cuda images) and then skips its standard aws-ofi-nccl package; --disable-ngc
+# (1.48.0 and later) forces the standard install into /opt/amazon/ofi-nccl (aws/deep-learning-containers
+# scripts/docker/common/install_efa_amzn2023.sh, "EFA 1.48+ auto-detects NGC containers ... Force the
+# standard install with --disable-ngc"). AWS's "Install the EFA software in a container" page adds
+# --enable-ngc from 1.49.0 for NGC containers; which NGC plugin variant that installs (aws-ofi-nccl
+# contrib/debian-template: libnccl-ofi-ngc-v1/v2 under /opt/amazon/aws-ofi-nccl/lib) is not
+# documented, so the images take the documented standard layout with --disable-ngc.
+EFA_DETECTS_NGC = V("1.48.0")
+EFA_DISABLE_NGC_FLAG = "--disable-ngc"
+NGC_MARKER = "/opt/nvidia/nvidia_entrypoint.sh"
+
+# aws-ofi-nccl git tags end in "-aws" up to v1.13.2-aws, plain from v1.14.0 (aws/aws-ofi-nccl tags),
+# with exceptions read from the tag list: v0.9, v0.9.1, v0.9.2, v1.1.1 and v1.6.0 have no "-aws" twin.
 OFI_LAST_AWS_SUFFIX = V("1.13.999")
+OFI_TAGS_WITHOUT_AWS_SUFFIX = (V("0.9"), V("0.9.1"), V("0.9.2"), V("1.1.1"), V("1.6.0"))
 # aws-ofi-nccl 1.12.1 is recommended with EFA >= 1.35.0 (AWS EFA docs).
 EFA_WANTS_OFI_1121 = V("1.35.0")
 OFI_RECOMMENDED_FOR_NEW_EFA = V("1.12.1")
-# --enable-platform-aws appeared in aws-ofi-nccl 1.4 era; older configure scripts reject unknown
-# flags only with a warning, but we keep the seed's exact form for old tags.
-OFI_PLATFORM_AWS_FLAG = V("1.4.0")
+# --enable-platform-aws first exists in aws-ofi-nccl 1.6.0 (m4/ax_platform_aws.m4 appears at tag
+# v1.6.0; v1.5.0-aws's configure.ac has no such option).
+OFI_PLATFORM_AWS_FLAG = V("1.6.0")
 # aws-ofi-nccl before 1.7 needed NCCL headers from the install it links (--with-nccl); later ones ship
 # their own copies of the headers they need.
 OFI_NEEDS_NCCL_HEADERS_BELOW = V("1.7.0")
+# From 1.15.0 a source build installs libnccl-net-ofi.so beside libnccl-net.so (src/Makefile.am,
+# ENABLE_NCCL_NET_LIBRARY; EFA changelog 1.42.0 "Changed default plugin library name to
+# libnccl-net-ofi.so ... users can set NCCL_NET_PLUGIN=ofi").
+OFI_NET_OFI_NAME = V("1.15.0")
 
 # SHA256 of aws-efa-installer-<version>.tar.gz as AWS publishes them (EC2 user guide, "Verify the EFA
 # installer using a checksum"; the values AWS ParallelCluster's cookbook pins for the versions it ships).
@@ -108,16 +141,39 @@ EFA_INSTALLER_SHA256 = {
     "1.14.0": "662d62c12de85116df33780d40e0533ef7dad92709f4f613907475a7a1b60a97",
 }
 
-# --- EFA / NCCL environment presets (efa-cheatsheet, awsome-distributed-training) ----------
-# aws-ofi-nccl <= 1.5: FI_PROVIDER=efa and NCCL_PROTO=simple; 1.6.x: FI_EFA_USE_DEVICE_RDMA=1;
-# >= 1.7 with libfabric >= 1.18: nothing. RDMAV_FORK_SAFE=1 only on the aws-ofi-nccl <= 1.5 stacks that
-# set it (the SMDDP container of seed 000 and its mpirun -x list); new stacks must not set it
-# (libfabric handles fork safety itself, efa-cheatsheet).
+# --- EFA / NCCL environment presets (awsome-distributed-training 1.architectures/efa-cheatsheet.md) ---
+# Every preset of the cheatsheet sets FI_EFA_USE_HUGE_PAGE=0: "Set to 0 when you see os.fork() causes
+# OSError: Cannot allocate memory. Typically happen by multi-process PyTorch data loader".
+HUGE_PAGE_OFF = ("FI_EFA_USE_HUGE_PAGE", "0")
+# aws-ofi-nccl <= 1.5: FI_PROVIDER=efa and NCCL_PROTO=simple; 1.6.x: FI_EFA_USE_DEVICE_RDMA=1, both
+# "AND p4/p5 instances". RDMAV_FORK_SAFE=1 only on the aws-ofi-nccl <= 1.5 stacks that set it (the
+# SMDDP container of seed 000 and its mpirun -x list); the cheatsheet says not to use it elsewhere.
 OFI_OLD_STACK_BELOW = V("1.6.0")
 OFI_DEVICE_RDMA_BELOW = V("1.7.0")
+# FI_EFA_USE_DEVICE_RDMA=1 on an EFA device without RDMA read makes libfabric abort():
+# "FI_EFA_USE_DEVICE_RDMA=1 was set by user, but EFA device has no rdma-read capability. Application
+# will abort()" (ofiwg/libfabric prov/efa/src/rdm/efa_rdm_env.c; older rxr_env.c the same). The
+# first-generation EFA of p3dn has none (EC2 user guide, NCCL tutorial: "FI_EFA_USE_DEVICE_RDMA=1 -
+# (p4d.24xlarge only)"; libfabric defaults it off for vendor_part_id 0xefa0/0xefa1). So the value
+# depends on the instance: it is set at run time (builder.nccl.instances), never baked into an image.
+DEVICE_RDMA_ENV = "FI_EFA_USE_DEVICE_RDMA"
+# SageMaker's MPI runner passes "-mca btl_tcp_if_include <interface>" (aws/sagemaker-training-toolkit
+# src/sagemaker_training/mpi.py, MasterRunner._create_command); Open MPI treats btl_tcp_if_include
+# and btl_tcp_if_exclude as mutually exclusive (Open MPI users list, R. Castain 2011-07-26; NEWS
+# 1.5.x "Issue a warning if both btl_tcp_if_include and btl_tcp_if_exclude are specified"), so an
+# image that claims the SageMaker contract must not bake OMPI_MCA_btl_tcp_if_exclude.
+SAGEMAKER_MPI_INCLUDES_IFACE = "OMPI_MCA_btl_tcp_if_exclude"
 
 # --- NVIDIA PyTorch (NGC) bases: what each tag ships (NGC PyTorch release notes) -------------
 # Kept in matrix.yaml (bases: ... ships:) so a user can add a tag without a code change.
+# From 25.11 NGC sets NCCL_NET_PLUGIN in /etc/shinit_v2 (sourced by every bash through ENV/BASH_ENV),
+# and 26.x images reportedly drop aws-ofi-nccl and link libtorch against HPC-X's Open MPI 5. Neither
+# NGC's release notes (rel-25-12: CUDA 13.1.0, PyTorch 2.10.0a0, Python 3.12, nothing about the net
+# plugin or MPI) nor any readable copy of shinit_v2 confirm what removing /opt/hpcx/ompi or pointing
+# NCCL at the EFA installer's plugin does there, so the nvidia flavor refuses those releases
+# (rules.py, ngc-release) instead of guessing.
+NGC_UNCONFIRMED_FROM = (25, 11)
+NGC_IMAGE_RE = r"^nvcr\.io/nvidia/pytorch:(?P<yy>\d{2})\.(?P<mm>\d{2})-py3"
 
 # --- PyTorch <-> CUDA <-> Python, for source builds ----------------------------------------
 # From pytorch/pytorch RELEASE.md "Release Compatibility Matrix" (rows 1.12 to 2.10: lowest stable
@@ -141,6 +197,12 @@ PYTORCH_COMPAT = {
     "2.9": (V("12.6"), V("13.0"), V("3.10"), V("3.14")),
     "2.10": (V("12.6"), V("13.0"), V("3.10"), V("3.14")),
 }
+# From PyTorch 2.7 NCCL is no longer a git submodule (third_party/nccl/nccl is not in the tree), so a
+# pinned NCCL is linked as a system NCCL (USE_SYSTEM_NCCL, cmake/Modules/FindNCCL.cmake).
+PYTORCH_NCCL_NOT_SUBMODULE = V("2.7.0")
+# "Last version of magma-cuda published was 12.6 https://anaconda.org/pytorch/magma-cuda126"
+# (pytorch/pytorch#147476): no conda magma package for a newer CUDA.
+MAGMA_CONDA_LAST_CUDA = V("12.6")
 # torchvision release paired with each PyTorch minor (pytorch/vision README compatibility table).
 TORCHVISION_FOR = {
     "1.10": "0.11.3",
@@ -164,7 +226,9 @@ TORCHVISION_FOR = {
 # No SMDDP wheel exists for PyTorch >= 2.6 (AWS docs, distributed-data-parallel-support).
 SMDDP_LAST_PYTORCH = V("2.5.999")
 
-# --- AWS Deep Learning Containers registry accounts (AWS DLC available_images.md) --------------
+# --- AWS Deep Learning Containers ------------------------------------------------------------
+# Registry accounts by region (aws/deep-learning-containers docs/reference/region_availability.md,
+# 2026-08: it adds ap-southeast-5/6/7, ap-east-2 and mx-central-1 to the older available_images.md).
 DLC_DEFAULT_ACCOUNT = "763104351884"
 DLC_STANDARD_REGIONS = (
     "us-east-1", "us-east-2", "us-west-1", "us-west-2",
@@ -175,9 +239,13 @@ DLC_STANDARD_REGIONS = (
 DLC_REGION_ACCOUNTS = {
     "af-south-1": "626614931356",
     "ap-east-1": "871362719292",
+    "ap-east-2": "975050140332",
     "ap-south-2": "772153158452",
     "ap-southeast-3": "907027046896",
     "ap-southeast-4": "457447274322",
+    "ap-southeast-5": "550225433462",
+    "ap-southeast-6": "633930458069",
+    "ap-southeast-7": "590183813437",
     "ap-northeast-3": "364406365360",
     "ca-west-1": "204538143572",
     "eu-south-1": "692866216735",
@@ -186,7 +254,25 @@ DLC_REGION_ACCOUNTS = {
     "il-central-1": "780543022126",
     "me-south-1": "217643126080",
     "me-central-1": "914824155844",
+    "mx-central-1": "637423239942",
     "cn-north-1": "727897471807",
     "cn-northwest-1": "727897471807",
     **{r: DLC_DEFAULT_ACCOUNT for r in DLC_STANDARD_REGIONS},
 }
+# Every DLC is also on ECR Public without credentials (docs/get_started/index.md, "Public ECR (No
+# Authentication)"; each image's docs/src/data/*.yml says public_registry: true).
+DLC_PUBLIC_REGISTRY = "public.ecr.aws/deep-learning-containers"
+# Two generations of PyTorch training DLCs (docs/src/data/pytorch-training/*.yml and
+# docs/src/data/pytorch/*.yml; the ECR repository is the data folder's name):
+# - up to 2.10: Ubuntu, repository pytorch-training, tags like 2.10.0-gpu-py313-cu130-ubuntu22.04-ec2;
+# - from 2.11 (2026-04-30, docs/pytorch/changelog/index.md "Initial release of PyTorch DLC images on
+#   Amazon Linux 2023"): repository pytorch, tags 2.13.0-cu133-amzn2023 and 2.13-cu133-amzn2023, the
+#   SageMaker variant with -sagemaker; no Python in the tag (py312 in every 2.11-2.13 data file,
+#   "Python 3.12 in a venv at /opt/venv", docs/pytorch/index.md).
+DLC_UBUNTU_REPOSITORY = "pytorch-training"
+DLC_AL2023_REPOSITORY = "pytorch"
+DLC_AL2023_FIRST = V("2.11")
+
+# OS package manager of each base OS the matrix knows (ships.os).
+OS_PACKAGE_MANAGER = {"ubuntu18.04": "apt", "ubuntu20.04": "apt", "ubuntu22.04": "apt",
+                      "ubuntu24.04": "apt", "amzn2023": "dnf"}

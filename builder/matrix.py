@@ -36,7 +36,8 @@ VERSION_RE = re.compile(r"^\d+(?:\.\d+){0,3}(?:(?:a|b|rc)\d+)?(?:\.post\d+)?\Z")
 NCCL_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+(?:-\d+)?\Z")
 PYTHON_RE = re.compile(r"^3\.\d{1,2}\Z")
 CONDA_RE = re.compile(r"^\d+\.\d+\.\d+-\d+\Z")
-OS_RE = re.compile(r"^ubuntu(?:18|20|22|24)\.04\Z")
+# Ubuntu bases, and Amazon Linux 2023 (the AWS DLCs from PyTorch 2.11, facts.DLC_AL2023_FIRST).
+OS_RE = re.compile(r"^(?:ubuntu(?:18|20|22|24)\.04|amzn2023)\Z")
 REGION_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d\Z")
 CHECKSUM_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")  # a version, or the exact file name
 SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
@@ -122,7 +123,9 @@ ENTRY_KEYS = (
 DEFAULT_KEYS = tuple(k for k in ENTRY_KEYS if k not in ("name", "flavor", "axes", "include", "exclude"))
 MAPPING_KEYS = ("components", "stanzas", "labels", "env", "waivers", "code")
 AXIS_KEYS = tuple(COMPONENTS) + ("base", "region")
-BASE_KEYS = ("image", "dlc_tag", "ships", "description")
+BASE_KEYS = ("image", "dlc_tag", "registry", "ships", "description")
+# Where a DLC base is pulled from: the region's private ECR registry, or ECR Public (facts.DLC_PUBLIC_REGISTRY).
+DLC_REGISTRIES = ("regional", "public")
 CODE_KEYS = ("dir", "program")
 WAIVABLE = {
     "nccl-older-than-base": "a pinned NCCL older than the one the base image ships",
@@ -137,6 +140,11 @@ class BaseImage:
     dlc: comp.DlcTag | None = None
     description: str = ""
     dlc_tag: str = ""
+    public: bool = False  # a DLC pulled from ECR Public rather than the region's registry
+
+    @property
+    def os(self) -> str | None:
+        return self.ships.get("os")
 
     @property
     def tag(self) -> str:
@@ -193,7 +201,7 @@ class ImageSpec:
     @property
     def ofi(self) -> comp.OfiPlugin | None:
         efa = self.versions.get("efa")
-        return comp.ofi_plugin(efa) if efa else None
+        return comp.ofi_plugin(efa, self.components.get("aws_ofi_nccl"), self.base.os) if efa else None
 
     def has(self, stanza: str) -> bool:
         return stanza in self.stanzas
@@ -505,7 +513,9 @@ def _load_bases(data: LineDict, err) -> dict[str, BaseImage | None]:
                 ok = False
             else:
                 for k, v in (("pytorch", dlc.pytorch), ("python", dlc.python), ("os", dlc.os)):
-                    if k in ships and (ships[k] != v if k == "os" else Version(ships[k]) != Version(v)):
+                    if v is None:  # an Amazon Linux 2023 DLC tag names no Python: ships.python says it
+                        continue
+                    if k in ships and not _agrees_with_tag(k, ships[k], v):
                         err(raw_ships.line_of(k), None, f"{where}.ships.{k}", f"{ships[k]} contradicts the DLC tag ({v})")
                         ok = False
                     ships.setdefault(k, v)
@@ -513,6 +523,11 @@ def _load_bases(data: LineDict, err) -> dict[str, BaseImage | None]:
                     err(raw_ships.line_of("cuda"), None, f"{where}.ships.cuda", f"{ships['cuda']} contradicts the DLC tag ({dlc.cuda_tag})")
                     ok = False
                 ships.setdefault("cuda", comp.cuda_from_tag(dlc.cuda_tag))  # cu124 -> 12.4; ships may say 12.4.1
+        registry = entry.get("registry", "regional")
+        if registry not in DLC_REGISTRIES or ("registry" in entry and dlc is None):
+            err(entry.line_of("registry"), None, f"{where}.registry",
+                f"registry: is {' or '.join(DLC_REGISTRIES)}, beside a dlc_tag:")
+            ok = False
         if image is not None and (not isinstance(image, str) or not imageref.is_reference(image)):
             err(entry.line_of("image"), None, f"{where}.image", "not a valid image reference (registry/repo:tag[@sha256:...])")
             ok = False
@@ -523,8 +538,18 @@ def _load_bases(data: LineDict, err) -> dict[str, BaseImage | None]:
         if not isinstance(desc, str) or not TEXT_RE.match(desc):
             err(entry.line_of("description"), None, f"{where}.description", "one line of plain text")
             ok = False
-        bases[key] = BaseImage(key, image or "", MappingProxyType(ships), dlc, desc, entry.get("dlc_tag", "")) if ok else None
+        bases[key] = (BaseImage(key, image or "", MappingProxyType(ships), dlc, desc, entry.get("dlc_tag", ""),
+                                registry == "public") if ok else None)
     return bases
+
+
+def _agrees_with_tag(key: str, shipped: str, from_tag: str) -> bool:
+    """ships.<key> agrees with what the DLC tag says; a tag's short PyTorch (2.13) matches 2.13.x."""
+    if key == "os":
+        return shipped == from_tag
+    if key == "pytorch" and len(Version(from_tag).release) == 2:
+        return comp.short(shipped) == comp.short(from_tag)
+    return Version(shipped) == Version(from_tag)
 
 
 def _check_value(name: str, value: Any) -> str | None:
@@ -748,13 +773,13 @@ def _build_spec(ctx: _Context, draft: _Draft, problems: list[Problem]) -> ImageS
         if not isinstance(region, str) or not REGION_RE.match(region):
             err("region", "a dlc image needs region: like us-west-2")
             region = None
-        elif comp.dlc_registry(region) is None and not (base is not None and base.image):
+        elif comp.dlc_registry(region) is None and not (base is not None and (base.image or base.public)):
             err("region", f"no Deep Learning Containers registry known for region '{region}'"
                 f"{_did_you_mean(region, facts.DLC_REGION_ACCOUNTS)}; "
                 f"or give bases.{base_key}.image the full DLC image URI for that region")
             region = None
         if base is not None and region and not base.image:
-            base = replace(base, image=comp.dlc_image(region, base.dlc_tag))
+            base = replace(base, image=comp.dlc_image(region, base.dlc_tag, base.dlc.repository, base.public))
     elif base is not None and base.dlc is not None:
         err("base", f"'{base_key}' is a DLC base; only flavor dlc extends DLC images")
         base = None

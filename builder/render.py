@@ -97,9 +97,19 @@ class Renderer:
         if "pytorch" in v:
             ctx["pytorch_short"] = comp.short(v["pytorch"])
             ctx["pytorch_legacy"] = Version(v["pytorch"]) < Version("2.0")
+            ctx["pytorch_system_nccl"] = Version(v["pytorch"]) >= facts.PYTORCH_NCCL_NOT_SUBMODULE
+        if "cuda" in v:
+            cu = comp.cuda_tag(v["cuda"])[2:]
+            ctx["magma"] = f"magma-cuda{cu}" if Version(comp.short(v["cuda"])) <= facts.MAGMA_CONDA_LAST_CUDA else None
         ofi_version = c.get("aws_ofi_nccl")
+        if "efa" in v:
+            bundles = comp.efa_bundles_ofi(v["efa"])
+            ctx["efa_bundles"] = bundles  # the installer's own plugin, even under a source build
+            ctx["efa_plugin"] = comp.ofi_plugin(v["efa"], None, spec.base.os)
+            ctx["efa_flags"] = " ".join(comp.efa_installer_flags(v["efa"]))
+            ctx["plugin_probe"] = comp.PLUGIN_PROBE
         if ofi is not None:
-            ctx["bundled_ofi"] = comp.bundled_ofi_version(v["efa"]) if ofi.bundled else None
+            ctx["bundled_ofi"] = comp.bundled_ofi_version(v["efa"]) if ctx["efa_bundles"] else None
             ctx["ofi_era"] = (f"aws-ofi-nccl {ofi_version}, built from source" if ofi_version
                               else f"aws-ofi-nccl bundled with EFA installer {v['efa']}")
         if ofi_version:
@@ -112,7 +122,7 @@ class Renderer:
                 extra.append(f"--with-nccl={'/opt/conda' if spec.flavor == 'source' else '/usr'}")
             ctx["ofi_configure_extra"] = extra
         ctx["nccl_home"] = "/opt/conda" if spec.flavor == "source" else None
-        net = comp.network_env(v["efa"], ofi_version) if "efa" in v else []
+        net = comp.network_env(v["efa"], ofi_version, spec.has("sagemaker-toolkit")) if "efa" in v else []
         ctx["net_env"] = net
         env_all = [(n, val) for n, val, _ in net]
         if ofi is not None and ofi.net_plugin_name:

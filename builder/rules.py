@@ -37,6 +37,8 @@ BASE_MUST_SHIP = {
     "nvidia": ("pytorch", "cuda", "nccl", "python"),
     "source": ("cuda",),
 }
+# Stanzas whose RUN lines call apt-get/dpkg (the others use pip or plain files).
+APT_STANZAS = ("build-tools", "remove-conflicts", "nccl-apt", "efa", "nccl-source")
 SMDDP_FILE_RE = re.compile(r"^smdistributed_dataparallel-(?P<ver>\d+\.\d+\.\d+)-(?P<py>cp3\d+)-(?P=py)-linux_x86_64\.whl$")
 
 
@@ -58,7 +60,7 @@ def rule(rule_id: str, description: str):
 
 
 # NCCL's "2.19.3-1" needs no rewrite: PEP 440 reads "-N" as an implicit post-release
-# (packaging.python.org, "Version specifiers", "Implicit post releases"), 2.19.3-1 == 2.19.3.post1.
+# (peps.python.org/pep-0440/#implicit-post-releases; packaging parses 2.19.3-1 == 2.19.3.post1).
 V = Version
 
 
@@ -89,7 +91,9 @@ def _flavor_components(spec) -> Iterator[Finding]:
             yield Finding("flavor-components", f"components.{name}", f"flavor {spec.flavor} needs components.{name}")
     for name in BASE_MUST_SHIP[spec.flavor]:
         if name not in spec.base.ships:
-            yield Finding("flavor-components", "base", f"bases.{spec.base.key}.ships must list {name} (the rules check against it)")
+            why = ("; an Amazon Linux 2023 DLC tag does not name it, the DLC changelog does"
+                   if spec.base.dlc is not None and spec.base.dlc.python is None and name == "python" else "")
+            yield Finding("flavor-components", "base", f"bases.{spec.base.key}.ships must list {name} (the rules check against it){why}")
 
 
 @rule("nccl-needs-efa", "NCCL >= 2.19 needs EFA installer >= 1.29.1, or FI_EFA_SET_CUDA_SYNC_MEMOPS=0")
@@ -123,7 +127,7 @@ def _nccl_downgrade(spec) -> Iterator[Finding]:
                       f"NCCL {pinned} is what base {spec.base.key} already ships; the pin rebuilds it for nothing", "warning")
 
 
-@rule("ofi-bundled", "aws-ofi-nccl is built separately only when the EFA installer does not bundle it")
+@rule("ofi-bundled", "aws-ofi-nccl is built when the EFA installer does not bundle it; a source build over a bundled one is no downgrade")
 def _ofi_bundled(spec) -> Iterator[Finding]:
     efa, ofi = spec.components.get("efa"), spec.components.get("aws_ofi_nccl")
     if ofi and not efa:
@@ -132,11 +136,17 @@ def _ofi_bundled(spec) -> Iterator[Finding]:
     if not efa:
         return
     if comp.efa_bundles_ofi(efa):
-        if ofi:
-            bundled = comp.bundled_ofi_version(efa)
-            what = f"aws-ofi-nccl {bundled}" if bundled else "its own aws-ofi-nccl"
+        # A newer plugin built on top of the bundled one is what awsome-distributed-training's
+        # nccl-tests.Dockerfile does (aws-ofi-nccl from source over EFA 1.43.2); an older one would
+        # shadow the bundled plugin with a downgrade.
+        bundled = comp.bundled_ofi_version(efa)
+        if ofi and bundled and V(ofi) < V(bundled):
             yield Finding("ofi-bundled", "components.aws_ofi_nccl",
-                          f"EFA installer {efa} bundles {what} (from {facts.EFA_BUNDLES_OFI} on); remove components.aws_ofi_nccl")
+                          f"aws-ofi-nccl {ofi} is older than the {bundled} EFA installer {efa} bundles; "
+                          "remove components.aws_ofi_nccl or raise it")
+        elif ofi and bundled and V(ofi) == V(bundled):
+            yield Finding("ofi-bundled", "components.aws_ofi_nccl",
+                          f"EFA installer {efa} already bundles aws-ofi-nccl {ofi}; the source build is redundant", "warning")
     elif not ofi:
         yield Finding("ofi-bundled", "components.aws_ofi_nccl",
                       f"EFA installer {efa} does not bundle aws-ofi-nccl: set components.aws_ofi_nccl, "
@@ -239,3 +249,37 @@ def _toolkit(spec) -> Iterator[Finding]:
 def _conflicts(spec) -> Iterator[Finding]:
     if spec.has("nccl-apt") and spec.has("nccl-source"):
         yield Finding("stanza-conflicts", "stanzas.nccl-apt", "nccl-apt and nccl-source both install NCCL; switch one off")
+
+
+@rule("efa-known", "EFA installers newer than the newest one builder's facts were read for are flagged")
+def _efa_known(spec) -> Iterator[Finding]:
+    efa = spec.components.get("efa")
+    if efa and V(efa) > facts.EFA_NEWEST_KNOWN:
+        yield Finding("efa-known", "components.efa",
+                      f"EFA installer {efa} is newer than {facts.EFA_NEWEST_KNOWN}, the newest in builder/facts.py: "
+                      "its bundled aws-ofi-nccl and layout are assumed to be 1.51's (smoke checks where NCCL finds the plugin)",
+                      "warning")
+
+
+@rule("ngc-release", "NGC PyTorch 25.11 and later are refused until their net plugin and MPI facts are confirmed")
+def _ngc_release(spec) -> Iterator[Finding]:
+    m = re.match(facts.NGC_IMAGE_RE, spec.base.image)
+    if spec.flavor != "nvidia" or m is None:
+        return
+    if (int(m.group("yy")), int(m.group("mm"))) >= facts.NGC_UNCONFIRMED_FROM:
+        yield Finding("ngc-release", "base",
+                      f"NGC {m.group('yy')}.{m.group('mm')} sets NCCL_NET_PLUGIN in /etc/shinit_v2 and its libtorch may need "
+                      "HPC-X's Open MPI 5, which builder cannot confirm from NGC's release notes: use NGC 25.10 or older, "
+                      "or flavor dlc/source")
+
+
+@rule("os-packages", "stanzas that install OS packages with apt are not used on a base with another package manager")
+def _os_packages(spec) -> Iterator[Finding]:
+    manager = comp.package_manager(spec.base.os)
+    if manager in (None, "apt"):
+        return
+    apt_stanzas = [s for s in spec.stanzas if s in APT_STANZAS]
+    if apt_stanzas:
+        yield Finding("os-packages", f"stanzas.{apt_stanzas[0]}",
+                      f"stanza {apt_stanzas[0]} installs packages with apt, but base {spec.base.key} is {spec.base.os} ({manager}); "
+                      "switch it off or use an Ubuntu base")

@@ -2,7 +2,8 @@
 
 The script is a pure function of the component versions (efa, aws_ofi_nccl, nccl) and the job
 options, so it can be reviewed, unit-tested and diffed; submitting it is a separate step
-(``submit``) that only shells out to ``sbatch``. The EFA/NCCL environment comes from
+(``submit``, in builder.slurm_submit) that only shells out to ``sbatch``. The container step's
+pyxis/enroot specifics are in builder.slurm_pyxis. The EFA/NCCL environment comes from
 ``builder.components`` (plugin paths, era presets) plus the few rules below that only matter
 at run time (tuner loading, the CUDA sync-memops override).
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -21,8 +20,12 @@ from packaging.version import Version
 
 from builder import components as comp
 from builder import facts
-from builder.errors import BuilderError, UsageError
+from builder import slurm_pyxis
+from builder.errors import UsageError
 from builder.matrix import ENV_NAME_RE, ENV_VALUE_RE, NCCL_VERSION_RE, VERSION_RE
+from builder.nccl.instances import rdma_read
+# Submission lives in its own module; the CLI and tests reach it through this one.
+from builder.slurm_submit import EXIT_NO_SLURM, Submission, find_sbatch, resolve_output, submit  # noqa: F401
 
 # nccl-tests binaries (<name>_perf) a user may ask for; all_reduce is the one judged by default.
 TESTS = ("all_reduce", "all_gather", "reduce_scatter", "alltoall", "sendrecv", "broadcast", "reduce")
@@ -31,8 +34,6 @@ DEFAULT_TESTS_DIR = "/opt/nccl-tests/build"
 # sbatch expands %x (job name) and %j (job id); `builder nccl parse` reads this file.
 DEFAULT_OUTPUT = "%x_%j.out"
 
-# Exit code of `builder sbatch --submit/--test-only/--wait` when no sbatch is on PATH.
-EXIT_NO_SLURM = 3
 
 # --- run-time rules not in builder.components (sources inline) ------------------------------
 # NCCL's tuner plugin interface appeared in NCCL 2.19; 2.19 and 2.20 load a tuner only when
@@ -48,7 +49,7 @@ TUNER_CONFLICTS = ("NCCL_ALGO", "NCCL_PROTO")
 # tuner only loaded if NCCL_TUNER_PLUGIN is set"): there the variable is not needed.
 OFI_TUNER_IN_NET_PLUGIN = Version("1.16.0")
 NCCL_FINDS_TUNER_IN_NET = Version("2.21.0")
-# EFA installers from 1.43.0 bundle aws-ofi-nccl >= 1.16.1 (facts.EFA_BUNDLED_OFI).
+# EFA installers from 1.43.0 bundle aws-ofi-nccl >= 1.16.1 (facts.EFA_BUNDLED_OFI_FROM).
 EFA_BUNDLES_TUNER_IN_NET = Version("1.43.0")
 # The tuner's models are for the p5 family (aws/aws-ofi-nccl PR 657); on p4d/p4de the plugin sets
 # NCCL_PROTO=simple itself and the tuner NCCL 2.19-2.20 loads by name then aborts the job with
@@ -127,6 +128,8 @@ def nccl_env(versions: Versions, debug: str = "INFO", instance: str | None = Non
     versions.check()
     env = [EnvVar("NCCL_DEBUG", debug, "the transport verdict (EFA plugin or socket fallback) is only in these logs")]
     env += [EnvVar(n, v, why) for n, v, why in comp.network_env(versions.efa, versions.source_ofi)]
+    # Instance-dependent (aborts libfabric on p3dn/g5, which lack RDMA read): only for a known instance.
+    env += [EnvVar(n, v, why) for n, v, why in comp.device_rdma_env(versions.source_ofi, rdma_read(instance))]
     plugin = comp.ofi_plugin(versions.efa)
     if plugin.net_plugin_name:
         env.append(EnvVar(
@@ -166,6 +169,10 @@ def env_notes(versions: Versions, instance: str | None = None) -> list[str]:
     _, note = tuner_choice(versions, instance)
     if note:
         notes.append(note)
+    ofi = versions.source_ofi
+    if ofi and Version(ofi) < facts.OFI_DEVICE_RDMA_BELOW and rdma_read(instance) is None:
+        notes.append(f"aws-ofi-nccl {ofi} needs FI_EFA_USE_DEVICE_RDMA=1 on instances with RDMA read (p4d, p5) but "
+                     "it aborts libfabric on p3dn/g5: it is left out; pass --instance TYPE to set it")
     return notes
 
 
@@ -228,6 +235,8 @@ class Job:
     output: str = DEFAULT_OUTPUT
     exclusive: bool = True
     container_mounts: tuple[str, ...] = ()
+    container_name: str | None = None  # pyxis --container-name: the unpacked image kept and reused
+    login_shell: bool = False  # True: leave enroot's login shell on (the image's /etc/profile runs)
     extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     @property
@@ -280,6 +289,11 @@ class Job:
                 problems.append(f"--container-mount {mount!r} must be SRC[:DST[:ro|rw]] with absolute paths")
         if self.container_mounts and self.sqsh is None:
             problems.append("--container-mount needs a container (drop --no-container)")
+        if self.container_name is not None:
+            if not slurm_pyxis.CONTAINER_NAME_RE.fullmatch(self.container_name):
+                problems.append(f"--container-name {self.container_name!r} must be letters, digits and ._- (at most 64)")
+            if self.sqsh is None:
+                problems.append("--container-name needs a container (drop --no-container)")
         for name, value in self.extra_env:
             if not ENV_NAME_RE.fullmatch(name) or not ENV_VALUE_RE.fullmatch(value):
                 problems.append(f"--env {name + '=' + value!r} must be NAME=VALUE with NAME in [A-Z0-9_] and a plain value")
@@ -361,90 +375,31 @@ def render_sbatch(job: Job, versions: Versions, env: list[EnvVar] | None = None)
     if job.time_limit:
         lines.append(f"#SBATCH --time={job.time_limit}")
     lines += [f"#SBATCH --output={job.output}", "", "set -euo pipefail", ""]
-    where = "srun passes the job environment into the container" if job.sqsh else "srun passes it to every task"
+    where = ("srun passes them into the container; --container-env makes them win over the image's"
+             if job.sqsh else "srun passes it to every task")
     lines.append(f"# EFA/NCCL environment for these versions ({where}).")
     for var in env:
         lines.append(f"# {var.why}")
         lines.append(f"export {var.name}={q(var.value)}")
     lines.append("")
-    srun = ["srun"]
+    srun, wrap = ["srun"], []
     if job.sqsh is not None:
+        lines += slurm_pyxis.script_lines(job.login_shell)
         lines.append(f"IMAGE={q(job.sqsh)}")
         lines.append("")
-        srun += ["--container-image", '"$IMAGE"']
+        srun += ["--container-image", '"$IMAGE"', *slurm_pyxis.srun_args(job.container_name, [v.name for v in env])]
         if job.container_mounts:
             srun += [f"--container-mounts={q(','.join(job.container_mounts))}"]
+        wrap = slurm_pyxis.wrap_argv()
     else:
         lines.append("# --no-container: the benchmark runs on the nodes themselves, without pyxis.")
     # pmix: nccl-tests built with MPI=1 wires its ranks up through Slurm's PMIx server.
     # --label: "N: " before every line, so each rank's NCCL lines (and a build without MPI, where
     # every rank prints its own table) can be told apart by `builder nccl parse`.
     srun += ["--mpi=pmix", "--cpu-bind=none", "--label"]
-    bench = [q(a) for a in job.benchmark_argv()]
+    bench = wrap + [q(a) for a in job.benchmark_argv()]
     # Names the table in the output: nccl-tests before 2.17 does not print the collective.
     lines.append(f"echo {q(f'nccl-tests: {job.test}_perf on {job.nodes} node(s) x {job.ntasks_per_node} task(s)')}")
     lines.append(" ".join(srun) + " \\")
     lines.append("    " + " ".join(bench))
     return "\n".join(lines) + "\n"
-
-
-# --- submission -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Submission:
-    job_id: str | None
-    output: str | None  # the job's output file, when known (%x/%j resolved)
-    message: str  # what sbatch said (stderr for --test-only)
-    exit_code: int  # sbatch's exit code (with --wait: the job's)
-
-
-def find_sbatch() -> str:
-    path = shutil.which("sbatch")
-    if path is None:
-        raise BuilderError(
-            "sbatch not found on PATH; copy the script to a Slurm login node and run `sbatch SCRIPT` there",
-            exit_code=EXIT_NO_SLURM,
-        )
-    return path
-
-
-def submit(script: Path, job: Job, *, wait: bool = False, test_only: bool = False,
-           cwd: Path | None = None, timeout: float | None = None) -> Submission:
-    """Hand the script to sbatch: --test-only validates it with slurmctld, --wait blocks until done."""
-    sbatch = find_sbatch()
-    argv = [sbatch]
-    if test_only:
-        argv.append("--test-only")
-    else:
-        argv.append("--parsable")
-        if wait:
-            argv.append("--wait")
-    argv.append(str(script))
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise BuilderError(f"sbatch did not return within {timeout:.0f} s ({' '.join(argv)})") from None
-    said = (proc.stderr.strip() or proc.stdout.strip())
-    if test_only:
-        if proc.returncode != 0:
-            raise BuilderError(f"slurmctld rejected {script}: {_one_line(said)}")
-        return Submission(None, None, _one_line(said), 0)
-    job_id = proc.stdout.strip().split(";", 1)[0] or None
-    if job_id is not None and not job_id.isdigit():
-        job_id = None
-    if job_id is None:
-        raise BuilderError(f"sbatch refused {script}: {_one_line(said) or 'no job id returned'}")
-    output = resolve_output(job.output, job.name, job_id, cwd)
-    return Submission(job_id, output, _one_line(proc.stderr.strip()), proc.returncode)
-
-
-def resolve_output(pattern: str, name: str, job_id: str, cwd: Path | None = None) -> str | None:
-    """The output path sbatch writes for this job, when the pattern uses only %x, %j and %%."""
-    if re.search(r"%(?![xj%])", pattern):
-        return None
-    path = pattern.replace("%%", "\0").replace("%x", name).replace("%j", job_id).replace("\0", "%")
-    return str((cwd or Path.cwd()) / path) if not path.startswith("/") else path
-
-
-def _one_line(text: str) -> str:
-    return " | ".join(line.strip() for line in text.splitlines() if line.strip())

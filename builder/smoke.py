@@ -25,6 +25,7 @@ from typing import Mapping
 from packaging.version import InvalidVersion, Version
 
 from builder import components as comp
+from builder import smoke_login_shell
 from builder.build_report import history
 from builder.buildkit import image_inspect, last_line
 from builder.errors import BuilderError, UsageError
@@ -479,10 +480,14 @@ class Smoker:
             self.python = probe.stdout.strip().splitlines()[0] if probe.returncode == 0 and probe.stdout.strip() else None
             for check in checks:
                 declared.append(self.check(check))
+            # enroot's login shell (pyxis jobs) must not change what the image bakes in.
+            login = [CheckResult("enroot", "login-shell", args, True, detail, warn=warn)
+                     for args, warn, detail in smoke_login_shell.results(self.docker, box.name, self.config)]
         report.results.extend(self._judge(findings, report))
         report.results.extend(self._scan_errors(hygiene, secrets))
         report.results.extend(self._summaries(report.results))
         report.results.extend(declared)
+        report.results.extend(login)
         return report
 
     # -- hygiene and credentials ---------------------------------------------------------------------

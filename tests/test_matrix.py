@@ -146,13 +146,13 @@ def test_stanzas_that_run_nvcc_need_cuda_archs(write_matrix):
 
 
 def test_dlc_base_cuda_comes_from_its_tag_and_an_explicit_image_serves_any_region(write_matrix):
-    data = matrix(dict(DLC, region="ap-southeast-7"))
+    data = matrix(dict(DLC, region="us-gov-west-1"))  # not in region_availability.md
     data["bases"]["dlc-sm"].pop("ships")
     with pytest.raises(MatrixError) as exc:
         load_matrix(write_matrix(dump(data)))
-    assert "no Deep Learning Containers registry known for region 'ap-southeast-7'" in str(exc.value)
+    assert "no Deep Learning Containers registry known for region 'us-gov-west-1'" in str(exc.value)
     assert "bases.dlc-sm.image" in str(exc.value)
-    uri = "111122223333.dkr.ecr.ap-southeast-7.amazonaws.com/pytorch-training:2.4.0-gpu-py311-cu124-ubuntu22.04-sagemaker"
+    uri = "111122223333.dkr.ecr.us-gov-west-1.amazonaws.com/pytorch-training:2.4.0-gpu-py311-cu124-ubuntu22.04-sagemaker"
     data["bases"]["dlc-sm"]["image"] = uri
     spec = load_matrix(write_matrix(dump(data))).get("dl")
     assert spec.base_image == uri

@@ -93,6 +93,8 @@ def test_report_lists_every_newer_release_with_its_implications(tmp_path, regist
     assert any("nccl 2.28.7" in note for note in found[(ngc, "base")]["implications"])
     assert found[("source-pt2.7.1", "base")]["newest"] == "13.0.2-cudnn-devel-ubuntu22.04"
     assert found[("dlc-pt2.8.0-ec2", "base")]["newest"] == "2.10.0-gpu-py313-cu130-ubuntu22.04-ec2"
+    # The second DLC generation: same variant, two-part versions, not the CPU image nor 2.12.1-...
+    assert found[("dlc-pt2.12-al2023-sagemaker", "base")]["newest"] == "2.13-cu133-amzn2023-sagemaker"
     sources = {s["subject"]: s for s in json.loads(result.stdout)["sources"]}
     assert all(s["error"] is None for s in sources.values())
     assert sources["base ngc-25.06"]["family"] == "NGC YY.MM-py3"
@@ -137,6 +139,7 @@ def test_write_keeps_the_file_but_the_bumps_and_pins_the_verified_checksum(tmp_p
                           "    description: 25.11-py3, added by builder outdated beside ngc-25.06",
                           '    ships: {cuda: "13.0.2", nccl: "2.28.7", pytorch: "2.10.0a0"}']
     assert "  dlc-2.10.0-ec2:" in added and "    dlc_tag: 2.10.0-gpu-py313-cu130-ubuntu22.04-ec2" in added
+    assert "  dlc-2.13-al2023-sagemaker:" in added and "    dlc_tag: 2.13-cu133-amzn2023-sagemaker" in added
     for line in ('      efa: ["1.38.1", "1.51.0"]   # the newest is bumped, 1.38.1 stays as the era\'s anchor',
                  '      nccl: "2.30.7"', '      sagemaker_training: "5.1.4"', '      aws_ofi_nccl: "1.21.1"'):
         assert line in added, (line, added)

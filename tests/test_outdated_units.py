@@ -242,8 +242,10 @@ def test_efa_probe_reports_a_skipped_version_number(upstreams):
     (["nope"], "no image named 'nope'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, repo_root):
-    from bake_support import run_builder
+    from click.testing import CliRunner
 
-    result = run_builder("--matrix", str(repo_root / "matrix.yaml"), "outdated", *args)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    from builder.cli import cli
+
+    result = CliRunner().invoke(cli, ["--matrix", str(repo_root / "matrix.yaml"), "outdated", *args])
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""

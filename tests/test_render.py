@@ -87,7 +87,8 @@ def test_seed_000_renders_every_step_of_the_seed(rendered):
         "curl", "wget" if False else "git",  # basic download tools
         "aws-efa-installer-${EFA_INSTALLER_VERSION}.tar.gz", "./efa_installer.sh -y -g --skip-kmod",
         "Miniconda3-py38_${MINICONDA_VERSION}-Linux-x86_64.sh", "ccache",
-        "conda install -y astunparse numpy ninja pyyaml mkl mkl-include setuptools cmake cffi typing_extensions",
+        # cmake below 4: CMake 4 breaks older PyTorch trees (pytorch/pytorch#150149)
+        'conda install -y astunparse numpy ninja pyyaml mkl mkl-include setuptools "cmake<4" cffi typing_extensions',
         "conda install -y -c pytorch magma-cuda113",
         'git clone --recursive --depth 1 --shallow-submodules --branch "v${PYTORCH_VERSION}"',
         "rm -rf /tmp/pytorch/third_party/nccl/nccl", "ARG NCCL_VERSION=v2.10.3-1",
@@ -131,8 +132,10 @@ def test_network_env_follows_the_plugin_era(write_matrix, renderer):
     new = env_of()
     assert "FI_PROVIDER" not in new.split("ENV", 1)[1] and "RDMAV_FORK_SAFE" not in new
     assert 'NCCL_SOCKET_IFNAME="^docker,lo,veth"' in new
+    assert 'FI_EFA_USE_HUGE_PAGE="0"' in new
     mid = env_of(efa="1.29.1", aws_ofi_nccl="1.6.0")
-    assert 'FI_EFA_USE_DEVICE_RDMA="1"' in mid and 'FI_PROVIDER="efa"' not in mid
+    # instance-dependent (p3dn has no RDMA read): set at run time, never baked
+    assert 'FI_EFA_USE_DEVICE_RDMA="1"' not in mid and 'FI_PROVIDER="efa"' not in mid
     bundled = env_of(efa="1.47.0", aws_ofi_nccl=None)
     assert 'NCCL_NET_PLUGIN="ofi"' in bundled
 

@@ -119,10 +119,14 @@ def test_smddp_url_must_be_a_wheel_of_that_name(write_matrix):
 
 # --- aws-ofi-nccl bundling, tag form, plugin path ---------------------------------------------
 
-def test_ofi_with_bundling_efa_fails(write_matrix):
-    entry = with_components(NVIDIA, efa="1.43.2", aws_ofi_nccl="1.16.3")
-    line = error_of(write_matrix, entry)
-    assert "EFA installer 1.43.2 bundles aws-ofi-nccl 1.16.3" in line and "remove components.aws_ofi_nccl" in line
+def test_older_ofi_over_a_bundling_efa_fails_a_newer_one_builds_first_on_the_path(write_matrix):
+    line = error_of(write_matrix, with_components(NVIDIA, efa="1.43.2", aws_ofi_nccl="1.13.2"))
+    assert "aws-ofi-nccl 1.13.2 is older than the 1.16.3 EFA installer 1.43.2 bundles" in line
+    m = load(write_matrix, with_components(NVIDIA, efa="1.43.2", aws_ofi_nccl="1.16.3"))
+    assert any("already bundles aws-ofi-nccl 1.16.3" in str(w) for w in m.warnings)
+    spec = load(write_matrix, with_components(NVIDIA, efa="1.47.0", aws_ofi_nccl="1.21.1")).get("nv")
+    assert "aws-ofi-nccl" in spec.stanzas and not spec.ofi.bundled
+    assert spec.ofi.net_lib == "/opt/aws-ofi-nccl/lib/libnccl-net.so"
 
 
 def test_bundling_efa_without_ofi_passes_and_derives_the_path(write_matrix):

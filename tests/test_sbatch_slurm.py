@@ -2,14 +2,14 @@
 
 What runs for real: slurmctld judging the generated script (sbatch --test-only), the job itself
 (sbatch --wait), srun --mpi=pmix starting every rank with the exported EFA/NCCL environment, and
-`builder nccl parse` reading the job's output file.
-What cannot run here: pyxis/enroot (not packaged) and nccl-tests (no GPU). So the pyxis script is
-only validated (slurmctld reads the #SBATCH lines; the srun flags are checked by the unit tests),
-and the run uses the --no-container variant with --tests-dir pointing at a stand-in all_reduce_perf:
-a shell script that records its argv and environment per rank, and on rank 0 prints a real
-recorded nccl-tests output verbatim (tests/fixtures/nccl/, attributed there; without the srun
-labels it was recorded with, since the script's srun --label adds them): one from Slurm on
-2 x p5.48xlarge, and one with the NCCL INFO lines of an EFA run on 2 x p4d.24xlarge.
+`builder nccl parse` reading the job's output file. This module covers the --no-container variant
+(no pyxis in this cluster's plugstack); the pyxis variant runs end to end in the exported image
+through the real pyxis and enroot in tests/integration/test_slurm_pyxis.py. No GPU here, so
+--tests-dir points at a stand-in all_reduce_perf: a shell script that records its argv and
+environment per rank, and on rank 0 prints a real recorded nccl-tests output verbatim
+(tests/fixtures/nccl/, attributed there; without the srun labels it was recorded with, since the
+script's srun --label adds them): one from Slurm on 2 x p5.48xlarge, and one with the NCCL INFO
+lines of an EFA run on 2 x p4d.24xlarge.
 """
 
 from __future__ import annotations
@@ -25,31 +25,12 @@ from click.testing import CliRunner
 
 from builder import slurm
 from builder.cli import cli
-from slurm_support import slurm_cluster  # noqa: F401  (session fixture)
+from slurm_support import as_printed, recorded_output, slurm_cluster  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.integration
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nccl"
 VERSIONS = ["--efa", "1.47.0", "--nccl", "2.29.3"]  # the awsome nccl-tests image, 2026-02
 TASKS = 2  # the test node has 2 CPUs
-
-
-def recorded_output(name: str) -> str:
-    """A fixture without its '%%' attribution header (the source's lines, verbatim)."""
-    text = (FIXTURES / name).read_text()
-    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("%%"))
-
-
-def as_printed(text: str) -> str:
-    """What the program itself printed: without the 'N: ' labels srun -l added when it was recorded
-    (the generated script runs srun --label, which adds them again)."""
-    from builder.nccl.parse import LAUNCHER_SRUN, split_prefix
-
-    out = []
-    for line in text.splitlines(keepends=True):
-        launcher, _, content = split_prefix(line)
-        out.append(content if launcher == LAUNCHER_SRUN else line)
-    return "".join(out)
 
 
 def sbatch(tmp_path, monkeypatch, *args: str):
@@ -65,7 +46,7 @@ def test_pyxis_script_is_accepted_by_slurmctld(slurm_cluster, tmp_path, monkeypa
     assert res.exit_code == 0, res.output + slurm_cluster.logs()
     assert re.search(r"accepted by slurmctld: .*Job \d+ to start at .* on nodes localhost", res.output), res.output
     text = (tmp_path / "pyxis.sbatch").read_text()
-    assert 'srun --container-image "$IMAGE" --mpi=pmix' in text
+    assert 'srun --container-image "$IMAGE" --container-env=' in text and "export ENROOT_LOGIN_SHELL=n" in text
 
 
 def test_slurmctld_rejection_is_reported(slurm_cluster, tmp_path, monkeypatch):

@@ -314,7 +314,9 @@ def test_matrix_entries_for_the_bundled_matrix(bundled_matrix):
         dlc = spec.base.dlc
         # The toolkit stanza (any flavor) or a -sagemaker DLC base (only the dlc flavor has DLC bases).
         assert entry["sagemaker"] == (spec.has("sagemaker-toolkit") or (dlc is not None and dlc.variant == "sagemaker"))
-        if spec.flavor == "dlc":
+        if spec.flavor == "dlc" and spec.base.public:  # ECR Public: no registry login to prepare
+            assert spec.base_image.startswith("public.ecr.aws/") and entry["base_ecr_account"] == ""
+        elif spec.flavor == "dlc":
             host = spec.base_image.split("/")[0]
             assert host == f"{entry['base_ecr_account']}.dkr.ecr.{entry['base_ecr_region']}.amazonaws.com"
         else:

@@ -162,28 +162,23 @@ def instances_cmd(as_json: bool) -> None:
         _emit_json([i.to_dict() for i in INSTANCES.values()])
         return
     click.echo("GB/s: peak per GPU link, net per node, n-peak = min of the two (multi-node); thresholds 1-node, n-node")
-    click.echo(f"{'type':<15} {'GPUs':>4} {'GPU':<11} {'intra-node':<17} {'peak':>6} {'net':>6} {'n-peak':>6} "
+    click.echo(f"{'type':<18} {'GPUs':>4} {'GPU':<11} {'intra-node':<17} {'peak':>6} {'net':>6} {'n-peak':>6} "
                f"{'1-node':>7} {'n-node':>7}")
     for i in INSTANCES.values():
-        click.echo(f"{i.name:<15} {i.gpus:>4} {i.gpu:<11} {i.intra:<17} {i.intra_peak:>6g} {i.network_peak:>6g} "
+        click.echo(f"{i.name:<18} {i.gpus:>4} {i.gpu:<11} {i.intra:<17} {i.intra_peak:>6g} {i.network_peak:>6g} "
                    f"{i.peak(2):>6g} {i.threshold(1):>7g} {i.threshold(2):>7g}")
 
 
 def _resolve_image(state, target: str) -> str:
     """A matrix image name -> its primary ref; anything else must be a valid image reference."""
-    from builder.nccl.run import check_image_ref
-
-    if not imageref.is_bare(target):  # a reference, never a matrix name
-        return check_image_ref(target)
-    try:
-        spec = state.matrix().find(target)
-    except Exception as exc:  # noqa: BLE001 - a broken or absent matrix must not hide a plain image ref
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        click.echo(f"warning: matrix not usable ({problem}); treating {target} as an image reference", err=True)
-        spec = None
-    if spec is not None:
-        return spec.primary_ref
-    return check_image_ref(target)
+    matrix = None
+    if imageref.is_bare(target):  # a reference is never a matrix name: no matrix needed for it
+        try:
+            matrix = state.matrix()
+        except Exception as exc:  # noqa: BLE001 - a broken or absent matrix must not hide a plain image ref
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            click.echo(f"warning: matrix not usable ({problem}); treating {target} as an image reference", err=True)
+    return imageref.resolve(matrix, target, "an image name of the matrix nor a valid image reference")[0]
 
 
 @nccl_group.command("run")
@@ -241,7 +236,7 @@ def run_cmd(state, target, collectives, min_bytes, max_bytes, factor, iters, war
             click.echo(shlex.join(cmd))
         return
 
-    # GPUs first: a host without any exits 3 whatever the image (README), before a long pull.
+    # GPUs first: a host without any exits 3 whatever the image (its --help), before a long pull.
     available = runner.require_gpus()
     if gpus and gpus > available:
         raise UsageError(f"--gpus {gpus}: this host has {available} GPU(s)")

@@ -52,32 +52,41 @@ def render_cmd(state, names, all_, out_dir, check, to_stdout, sets, with_, witho
     if custom or to_stdout:
         if len(names) != 1 or all_:
             raise UsageError("--set/--with/--without/--stdout work on exactly one image name")
-        if to_stdout:  # a review tool run again and again: an unchanged input prints the stored result
-            request = {"name": names[0], "set": list(sets), "with": list(with_), "without": list(without)}
-            cache_key = render_cache.key(state.matrix_path, request)
-            stored = render_cache.load(cache_key)
-            if stored is not None:
-                for warning in stored["warnings"]:
-                    click.echo(f"warning: {warning}", err=True)
-                click.echo(stored["dockerfile"], nl=False)
-                return
-        from builder.render import Renderer, dockerfile_path, write_atomic
+        _render_one(state, names[0], out_dir, to_stdout, sets, with_, without)
+    else:
+        _render_files(state, names, all_, out_dir, check)
 
-        matrix = state.matrix(only=names[0])  # validates what this image needs, not every image
-        renderer = Renderer(catalog=matrix.catalog)
-        spec = matrix.customize(names[0], _parse_sets(sets), with_, without) if custom else matrix.get(names[0])
-        rendered = renderer.render(spec)
-        if to_stdout or out_dir is None and custom:
-            if not to_stdout:
-                raise UsageError("a customised image is not in the matrix: pass --stdout, or --out DIR to write it")
-            render_cache.store(cache_key, rendered.dockerfile, [str(w) for w in matrix.warnings])
-            click.echo(rendered.dockerfile, nl=False)
+
+def _render_one(state, name, out_dir, to_stdout, sets, with_, without) -> None:
+    """One image, customised or not, to stdout (or to --out DIR)."""
+    custom = bool(sets or with_ or without)
+    if to_stdout:  # a review tool run again and again: an unchanged input prints the stored result
+        request = {"name": name, "set": list(sets), "with": list(with_), "without": list(without)}
+        cache_key = render_cache.key(state.matrix_path, request)
+        stored = render_cache.load(cache_key)
+        if stored is not None:
+            for warning in stored["warnings"]:
+                click.echo(f"warning: {warning}", err=True)
+            click.echo(stored["dockerfile"], nl=False)
             return
-        write_atomic(dockerfile_path(out_dir, spec), rendered.dockerfile)
-        click.echo(f"wrote {dockerfile_path(out_dir, spec)}", err=True)
-        return
+    from builder.render import Renderer, dockerfile_path, write_atomic
 
-    from builder.render import Renderer, dockerfile_path, generated_dirs, write_atomic
+    matrix = state.matrix(only=name)  # validates what this image needs, not every image
+    spec = matrix.customize(name, _parse_sets(sets), with_, without) if custom else matrix.get(name)
+    rendered = Renderer(catalog=matrix.catalog).render(spec)
+    if to_stdout or out_dir is None and custom:
+        if not to_stdout:
+            raise UsageError("a customised image is not in the matrix: pass --stdout, or --out DIR to write it")
+        render_cache.store(cache_key, rendered.dockerfile, [str(w) for w in matrix.warnings])
+        click.echo(rendered.dockerfile, nl=False)
+        return
+    write_atomic(dockerfile_path(out_dir, spec), rendered.dockerfile)
+    click.echo(f"wrote {dockerfile_path(out_dir, spec)}", err=True)
+
+
+def _render_files(state, names, all_, out_dir, check) -> None:
+    """The selected images to images/ (or --out DIR), or with --check only compared with it."""
+    from builder.render import Renderer, dockerfile_path, write_atomic
 
     matrix = state.matrix()
     renderer = Renderer(catalog=matrix.catalog)
@@ -100,17 +109,7 @@ def render_cmd(state, names, all_, out_dir, check, to_stdout, sets, with_, witho
             write_atomic(path, text)
             click.echo(f"wrote {path}", err=True)
     if all_ and out_dir is None:
-        known = {s.name for s in specs}
-        for name, folder in generated_dirs(state.root).items():
-            if name in known:
-                continue
-            if check:
-                stale.append(f"images/{name}: no longer in the matrix")
-            else:
-                (folder / "Dockerfile").unlink()
-                if not any(folder.iterdir()):
-                    folder.rmdir()
-                click.echo(f"removed images/{name} (no longer in the matrix)", err=True)
+        stale += _remove_dropped(state.root, {s.name for s in specs}, check)
     if check:
         if stale:
             raise BuilderError("images/ is stale; run 'builder render --all' and commit the result:\n"
@@ -120,6 +119,24 @@ def render_cmd(state, names, all_, out_dir, check, to_stdout, sets, with_, witho
         folder = out_dir if out_dir else state.root / "images"
         click.echo(f"{len(specs)} images valid; {written} Dockerfiles written, {len(specs) - written} unchanged in {folder}",
                    err=True)
+
+
+def _remove_dropped(root: Path, known: set[str], check: bool) -> list[str]:
+    """Generated folders of images no longer in the matrix: removed, or (check) reported."""
+    from builder.render import generated_dirs
+
+    stale = []
+    for name, folder in generated_dirs(root).items():
+        if name in known:
+            continue
+        if check:
+            stale.append(f"images/{name}: no longer in the matrix")
+        else:
+            (folder / "Dockerfile").unlink()
+            if not any(folder.iterdir()):
+                folder.rmdir()
+            click.echo(f"removed images/{name} (no longer in the matrix)", err=True)
+    return stale
 
 
 def _first_difference(old: str, new: str) -> str:

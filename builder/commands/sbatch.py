@@ -75,6 +75,12 @@ def register(cli: click.Group) -> None:
     @click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="Extra or overriding variable (repeatable).")
     @click.option("--container-mount", "mounts", multiple=True, metavar="SRC[:DST[:ro]]",
                   help="pyxis --container-mounts entry (repeatable).")
+    @click.option("--container-name", metavar="NAME",
+                  help="pyxis --container-name: keep the unpacked image on each node under this name and reuse it "
+                       "in later jobs (pyxis skips the import while the name exists: re-export means a new name).")
+    @click.option("--login-shell", is_flag=True,
+                  help="Leave enroot's login shell on (ENROOT_LOGIN_SHELL): the image's /etc/profile then runs "
+                       "and may reset PATH; by default the script turns it off (docs/slurm.md).")
     @click.option("--job-name", help="Slurm job name (default: nccl-NAME).")
     @click.option("--partition", "-p", help="Slurm partition.")
     @click.option("--time", "time_limit", help="Slurm time limit, e.g. 30 or 1:00:00.")
@@ -89,8 +95,8 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
     @click.pass_obj
     def sbatch_cmd(state, image, nodes, sqsh, no_container, test, instance_type, ntasks_per_node, gpus_per_node,
-                   tests_dir, min_bytes, max_bytes, factor, iters, warmup, check, efa, ofi, nccl, env, mounts, job_name,
-                   partition, time_limit, job_output, exclusive, out, submit, wait, test_only, as_json):
+                   tests_dir, min_bytes, max_bytes, factor, iters, warmup, check, efa, ofi, nccl, env, mounts, container_name,
+                   login_shell, job_name, partition, time_limit, job_output, exclusive, out, submit, wait, test_only, as_json):
         """Write an sbatch script running nccl-tests across nodes through pyxis (srun --container-image
         ... --mpi=pmix), with the EFA/NCCL environment chosen from the image's component versions."""
         if no_container and sqsh:
@@ -114,7 +120,8 @@ def register(cli: click.Group) -> None:
             min_bytes=min_bytes, max_bytes=max_bytes, factor=factor, iters=iters, warmup=warmup, check=check,
             job_name=job_name, instance=instance_type, partition=partition, time_limit=time_limit,
             output=job_output,
-            exclusive=exclusive, container_mounts=tuple(mounts), extra_env=tuple(_env_pair(e) for e in env),
+            exclusive=exclusive, container_mounts=tuple(mounts), container_name=container_name,
+            login_shell=login_shell, extra_env=tuple(_env_pair(e) for e in env),
         )
         job.validate()
         chosen = slurm.nccl_env(versions, instance=instance_type) + (slurm.instance_env(instance.intra) if instance else [])

@@ -1,11 +1,12 @@
 """nccl-tests smoke checks: run them in an image, parse their output, judge it, report it.
 
-One module per stage: ``parse`` (text -> NcclRun, pure), ``transport`` (NCCL log lines -> the
-network verdict, used by parse), ``instances`` (hardware table),
-``judge`` (NcclRun + instance -> Verdict), ``report`` (JSON and text), ``plot`` (PNG),
-``run`` (docker run of the nccl-tests binaries). ``builder.commands.nccl`` is the CLI.
+One module per stage: ``parse`` (text -> NcclRun, pure; ``prefix`` strips launcher prefixes,
+``tables`` reads one rank's tables, ``results`` is the model), ``transport`` (NCCL log lines ->
+the network verdict), ``instances`` (hardware table), ``judge`` (NcclRun + instance -> Verdict),
+``report`` (JSON and text), ``plot`` (PNG), ``run`` (docker run of the nccl-tests binaries).
+``builder.commands.nccl`` is the CLI.
 
-Exit codes of ``builder nccl run|judge|parse`` (README "nccl" section):
+Exit codes of ``builder nccl run|judge|parse`` (the nccl group's --help; docs/cli.md):
 """
 
 from __future__ import annotations

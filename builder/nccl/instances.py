@@ -16,6 +16,14 @@ benchmark target. Sources, one per figure:
          (p5en: EFAv3, 16 x 200 Gbps).
 [G5]     AWS EC2 G5 page: g5.48xlarge 8 x A10G, 100 Gbps, EFA.
 [G6]     AWS EC2 G6/G6e pages: g6.48xlarge 8 x L4, 100 Gbps; g6e.48xlarge 8 x L40S, 400 Gbps; EFA.
+[B200]   NVIDIA Blackwell (B200, GB200) fifth-generation NVLink: 1.8 TB/s per GPU, both directions ->
+         900 GB/s each way (NVIDIA GB200 NVL72 / NVL4 announcements).
+[P6]     AWS EC2 P6 page: p6-b200.48xlarge 8 x B200, 3200 Gbps EFA (8 x 400 Gbps EFAv4).
+[P6E]    AWS ML blog "SageMaker HyperPod support for P6e-GB200 UltraServers" (2025-08): 72 GPUs over
+         18 p6e-gb200.36xlarge instances of 4 GPUs, 28.8 Tbps EFAv4 per UltraServer -> 1600 Gbps per
+         instance. (Third-party tables give 3200 Gbps; the smaller figure keeps the floor honest.)
+[RDMA]   EC2 user guide, "Elastic Fabric Adapter", Supported instance types (RDMA read support):
+         Yes for p4d, p4de, p5, p5e, p5en, g6, g6e, p6-b200, p6e-gb200; No for p3dn and g5.
 Measured (for the fractions; ../shared/reference/nccl-enroot.md):
 [M1]     1 x p4d: ~230 GB/s all_reduce busbw at 1 GB (NVIDIA/nccl issue 527) = 0.77 of 300.
 [M2]     1 x 8 x H100: ~370 GB/s ring, ~480 GB/s NVLS (NVIDIA/nccl-tests issue 212) = 0.82+ of 450.
@@ -26,7 +34,9 @@ Measured (for the fractions; ../shared/reference/nccl-enroot.md):
 [M4]     8 x RTX 5090 on PCIe 5.0 (63 GB/s per direction), one node: 28 GB/s all_reduce busbw, 0.44 of
          the link; "on PCI systems, the performance you get is usually determined by the bandwidth
          your CPU and memory can deliver" (NCCL maintainer, NVIDIA/nccl issue 1639).
-[A]      engineering assumption, not a measurement: the PCIe-only single-node fraction 0.25. No public
+[A]      engineering assumptions, not measurements: the PCIe-only single-node fraction 0.25, and
+         Blackwell nodes judged with the H100 NVSwitch fractions (no public B200 figure was found).
+         The PCIe-only single-node fraction 0.25: No public
          g5/g6/g6e.48xlarge all_reduce figure was found; [M4] shows PCIe-only nodes reaching well
          under half their link, bounded by the host, so the floor is set low enough for that and
          still catches a broken node (P2P/SHM off, a GPU missing: busbw falls to a few GB/s).
@@ -49,6 +59,7 @@ MULTI_NODE = 0.6  # [M3] 0.66 .. 1.6: below 0.6 of the network peak something is
 
 A100_NVLINK = 300.0  # [A100]
 H100_NVLINK = 450.0  # [H100]
+B200_NVLINK = 900.0  # [B200]
 PCIE4_X16 = 31.5  # [PCIe4]
 
 
@@ -63,6 +74,7 @@ class Instance:
     efa: bool
     single_fraction: float
     multi_fraction: float = MULTI_NODE
+    rdma_read: bool = True  # [RDMA]: FI_EFA_USE_DEVICE_RDMA=1 aborts libfabric where this is False
 
     @property
     def network_peak(self) -> float:
@@ -104,7 +116,10 @@ INSTANCES: dict[str, Instance] = {
         Instance("p5.48xlarge", 8, "H100 80GB", "NVSwitch NVLink4", H100_NVLINK, 3200, True, NVSWITCH_SINGLE),  # [P5]
         Instance("p5e.48xlarge", 8, "H200 141GB", "NVSwitch NVLink4", H100_NVLINK, 3200, True, NVSWITCH_SINGLE),  # [P5]
         Instance("p5en.48xlarge", 8, "H200 141GB", "NVSwitch NVLink4", H100_NVLINK, 3200, True, NVSWITCH_SINGLE),  # [P5]
-        Instance("g5.48xlarge", 8, "A10G 24GB", "PCIe 4.0 x16", PCIE4_X16, 100, True, PCIE_SINGLE),  # [G5]
+        Instance("p6-b200.48xlarge", 8, "B200", "NVSwitch NVLink5", B200_NVLINK, 3200, True, NVSWITCH_SINGLE),  # [P6]
+        Instance("p6e-gb200.36xlarge", 4, "GB200", "NVLink5 NVL72", B200_NVLINK, 1600, True,
+                 NVSWITCH_SINGLE),  # [P6E]
+        Instance("g5.48xlarge", 8, "A10G 24GB", "PCIe 4.0 x16", PCIE4_X16, 100, True, PCIE_SINGLE, rdma_read=False),  # [G5]
         Instance("g6.48xlarge", 8, "L4 24GB", "PCIe 4.0 x16", PCIE4_X16, 100, True, PCIE_SINGLE),  # [G6]
         Instance("g6e.48xlarge", 8, "L40S 48GB", "PCIe 4.0 x16", PCIE4_X16, 400, True, PCIE_SINGLE),  # [G6]
     )
@@ -117,3 +132,17 @@ def get_instance(name: str) -> Instance:
     except KeyError:
         known = ", ".join(INSTANCES)
         raise UsageError(f"unknown instance type '{name}': known are {known} (or give --threshold GB/s)") from None
+
+
+# EFA instances whose RDMA read support matters for old plugins but that are not judged here
+# (p3dn: V100 without NVSwitch, no measured fraction) [RDMA].
+RDMA_READ_UNJUDGED = {"p3dn.24xlarge": False}
+
+
+def rdma_read(name: str | None) -> bool | None:
+    """Whether the instance's EFA has RDMA read [RDMA]; None when the type is unknown."""
+    if name is None:
+        return None
+    if name in INSTANCES:
+        return INSTANCES[name].rdma_read
+    return RDMA_READ_UNJUDGED.get(name)

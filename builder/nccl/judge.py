@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from builder.nccl.instances import Instance
-from builder.nccl.parse import NcclRun, delta_tolerance
+from builder.nccl.results import NcclRun, delta_tolerance
 
 LARGE_BYTES = 1 << 30  # thresholds apply to the best busbw at >= 1 GiB (bandwidth-bound sizes)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from builder.nccl.judge import LARGE_BYTES, Verdict, human_bytes
-from builder.nccl.parse import NcclRun
+from builder.nccl.results import NcclRun
 
 
 def _size_label(n: float) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from builder.nccl.judge import Verdict, human_bytes
-from builder.nccl.parse import NcclRun
+from builder.nccl.results import NcclRun
 
 SCHEMA = "builder.nccl/1"
 

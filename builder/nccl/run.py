@@ -22,7 +22,6 @@ from pathlib import Path
 
 from builder.buildkit import image_inspect, last_line
 from builder.errors import BuilderError, UsageError
-from builder import imageref
 from builder.imageref import split_registry
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "alltoall", "sendrecv")
@@ -38,10 +37,6 @@ class NoGpuError(BuilderError):
         from builder.nccl import EXIT_NO_GPU
 
         super().__init__(message, exit_code=EXIT_NO_GPU)
-
-
-def check_image_ref(ref: str) -> str:
-    return imageref.resolve(None, ref, "an image name of the matrix nor a valid image reference")[0]
 
 
 def parse_size(text: str) -> str:

@@ -115,112 +115,124 @@ class _Process:
         return next((k for k in _WORST_FIRST if k in kinds), None)
 
 
-def detect_transport(lines: list[str]) -> Transport:
-    """The verdict of NCCL log lines (launcher prefixes allowed, any rank, any order)."""
-    procs: dict[str, _Process] = {}
-    plugin = provider = None
-    nics = None
-    loaded: bool | None = None
-    failed = False
-    gdr_seen = plain_seen = False
-    ring_gdr: set[str] = set()
-    evidence: dict[str, str] = {}
+class _Scan:
+    """What the NCCL log lines of every process said, read one line at a time."""
 
-    def keep(kind: str, line: str) -> None:
-        evidence.setdefault(kind, line.strip()[:200])
+    def __init__(self) -> None:
+        self.procs: dict[str, _Process] = {}
+        self.plugin: str | None = None
+        self.provider: str | None = None
+        self.nics: int | None = None
+        self.loaded: bool | None = None
+        self.failed = False
+        self.gdr_seen = self.plain_seen = False
+        self.ring_gdr: set[str] = set()
+        self.evidence: dict[str, str] = {}
 
-    for raw in lines:
+    def keep(self, kind: str, line: str) -> None:
+        self.evidence.setdefault(kind, line.strip()[:200])
+
+    def read(self, raw: str) -> None:
         if "NCCL" not in raw and "NET/" not in raw:
-            continue
+            return
         _, label, line = split_prefix(raw)
         line = line.strip()
         if "CollNet" in line:  # "Failed to find ncclCollNetPlugin_v4 symbol": the net plugin did load
-            continue
+            return
         m = _SOURCE.match(line)
         key = f"{m.group(1)}:{m.group(2)}" if m else (f"rank {label}" if label is not None else "?")
         if "via NET/" in line:
-            for c in _CHANNEL_NET.finditer(line):
-                procs.setdefault(key, _Process()).channel_nets.append(c.group(1))
-                if c.group(2):
-                    gdr_seen = True
-                else:
-                    plain_seen = True
-                keep("channel", line)
-            continue
+            self._channels(key, line)
+            return
         g = _RING_GDR.search(line)
         if g:
-            ring_gdr.add(g.group(1))
-            continue
-        if "NET/" not in line and "Using network" not in line:
-            continue
+            self.ring_gdr.add(g.group(1))
+        elif "NET/" in line or "Using network" in line:
+            self._plugin(line)
+            self._network(key, line)
+
+    def _channels(self, key: str, line: str) -> None:
+        for c in _CHANNEL_NET.finditer(line):
+            self.procs.setdefault(key, _Process()).channel_nets.append(c.group(1))
+            if c.group(2):
+                self.gdr_seen = True
+            else:
+                self.plain_seen = True
+            self.keep("channel", line)
+
+    def _plugin(self, line: str) -> None:
         v = _PLUGIN_VERSION.search(line)
         if v:
-            plugin, loaded = v.group(1), True
-            keep("plugin", line)
+            self.plugin, self.loaded = v.group(1), True
+            self.keep("plugin", line)
         if _PLUGIN_LOADED.search(line):
-            loaded = True
-            keep("plugin", line)
-        if _PLUGIN_MISSING.search(line) and loaded is None:
-            loaded = False
-            keep("plugin", line)
+            self.loaded = True
+            self.keep("plugin", line)
+        if _PLUGIN_MISSING.search(line) and self.loaded is None:
+            self.loaded = False
+            self.keep("plugin", line)
         if "NCCL WARN NET/OFI" in line:
-            keep("plugin-error", line)  # the first warning says why; the summary lines follow it
+            self.keep("plugin-error", line)  # the first warning says why; the summary lines follow it
         if _PLUGIN_FAILED.search(line):
-            failed = True
+            self.failed = True
         if _OFI_NO_PROVIDER.search(line):
-            keep("provider", line)
+            self.keep("provider", line)
+
+    def _network(self, key: str, line: str) -> None:
         p = _PROVIDER.search(line)
         if p:
-            provider = provider or p.group(1)
-            procs.setdefault(key, _Process()).provider = p.group(1)
-            loaded = True
-            keep("provider", line)
+            self.provider = self.provider or p.group(1)
+            self.procs.setdefault(key, _Process()).provider = p.group(1)
+            self.loaded = True
+            self.keep("provider", line)
             n = _NICS.search(line)
             if n:
-                nics = int(n.group(1))
+                self.nics = int(n.group(1))
         n = _NETWORK.search(line)
         if n:
-            proc = procs.setdefault(key, _Process())
+            proc = self.procs.setdefault(key, _Process())
             proc.networks.append(n.group(1))
             proc.lines.setdefault(network_kind(n.group(1)), line)
-            keep("network", line)
+            self.keep("network", line)
 
-    kinds = {key: proc.kind() for key, proc in procs.items() if proc.kind()}
-    verdict = next((k for k in _WORST_FIRST if k in kinds.values()), None)
-    bad_hosts: tuple[str, ...] = ()
-    if verdict is not None:
+    def _verdict(self, kinds: dict[str, str]) -> tuple[str, tuple[str, ...]]:
+        """The worst transport any process used, and the hosts on it when others did better."""
+        verdict = next((k for k in _WORST_FIRST if k in kinds.values()), None)
+        if verdict is None:  # plugin missing or broken, no network line: NCCL is on its own transports
+            return (SOCKET if self.loaded is False or self.failed else UNKNOWN), ()
         bad = [key for key, kind in kinds.items() if kind == verdict]
-        if len(bad) < len(kinds):  # some processes did better: name the ones that did not
-            bad_hosts = tuple(dict.fromkeys(key.split(":")[0] for key in bad))
-            line = next((procs[key].lines.get(verdict) for key in bad if procs[key].lines.get(verdict)), None)
-            if line:
-                evidence = {"network": line[:200], **{k: v for k, v in evidence.items() if k != "network"}}
-    elif loaded is False or failed:
-        verdict = SOCKET  # plugin missing or broken, no network line: NCCL is on its own transports
-    else:
-        verdict = UNKNOWN
-    network = None
-    for proc in procs.values():
-        for name in proc.networks or proc.channel_nets:
-            if verdict == UNKNOWN or network_kind(name) == verdict or (verdict == OFI_OTHER and "Libfabric" in name):
-                network = network or name
-    gdr = True if gdr_seen else (False if plain_seen else None)
-    if gdr is None and len(ring_gdr) == 1:  # "Connected all rings, use ring PXN 0 GDR 1" (NCCL >= 2.2x)
-        gdr = ring_gdr == {"1"}
-    order = ("network", "plugin-error", "plugin", "provider", "channel")
-    return Transport(
-        verdict=verdict,
-        plugin_loaded=loaded,
-        plugin=plugin,
-        plugin_failed=failed,
-        provider=provider,
-        network=network,
-        gdr=gdr,
-        nics=nics,
-        processes=len(kinds),
-        bad_hosts=bad_hosts,
-        evidence=tuple(evidence[k] for k in order if k in evidence),
-    )
+        if len(bad) == len(kinds):
+            return verdict, ()
+        line = next((self.procs[key].lines.get(verdict) for key in bad if self.procs[key].lines.get(verdict)), None)
+        if line:
+            self.evidence = {"network": line[:200], **{k: v for k, v in self.evidence.items() if k != "network"}}
+        return verdict, tuple(dict.fromkeys(key.split(":")[0] for key in bad))
+
+    def result(self) -> Transport:
+        kinds = {key: proc.kind() for key, proc in self.procs.items() if proc.kind()}
+        verdict, bad_hosts = self._verdict(kinds)
+        network = None
+        for proc in self.procs.values():
+            for name in proc.networks or proc.channel_nets:
+                if verdict == UNKNOWN or network_kind(name) == verdict or (verdict == OFI_OTHER and "Libfabric" in name):
+                    network = network or name
+        gdr = True if self.gdr_seen else (False if self.plain_seen else None)
+        if gdr is None and len(self.ring_gdr) == 1:  # "Connected all rings, use ring PXN 0 GDR 1" (NCCL >= 2.2x)
+            gdr = self.ring_gdr == {"1"}
+        order = ("network", "plugin-error", "plugin", "provider", "channel")
+        return Transport(
+            verdict=verdict, plugin_loaded=self.loaded, plugin=self.plugin, plugin_failed=self.failed,
+            provider=self.provider, network=network, gdr=gdr, nics=self.nics, processes=len(kinds),
+            bad_hosts=bad_hosts, evidence=tuple(self.evidence[k] for k in order if k in self.evidence),
+        )
+
+
+def detect_transport(lines: list[str]) -> Transport:
+    """The verdict of NCCL log lines (launcher prefixes allowed, any rank, any order)."""
+    scan = _Scan()
+    for raw in lines:
+        scan.read(raw)
+    return scan.result()
 
 
 def read_transport(text: str) -> Transport:

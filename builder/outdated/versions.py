@@ -72,7 +72,9 @@ def newer(current: str, candidates: Iterable[str]) -> list[str]:
 def pypi_releases(document: dict) -> list[str]:
     """Releases from PyPI's JSON API (``GET /pypi/<project>/json``: ``releases`` maps each version
     to its files, each with ``yanked``; docs.pypi.org "JSON API"). A release whose every file is
-    yanked is gone for pip; one without files is skipped too."""
+    yanked is gone for pip; one without files is skipped too. Warehouse calls the ``releases``
+    key deprecated in favour of the JSON simple API (PEP 691; pypi/warehouse#11777) but still
+    serves it (recorded from pypi.org 2026-12-06): a missing key reads as "no releases"."""
     releases = document.get("releases") if isinstance(document, dict) else None
     if not isinstance(releases, dict):
         return []

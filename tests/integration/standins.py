@@ -15,6 +15,12 @@ bases the stanzas expect, and imported with ``docker import``. Nothing here is p
   ``OPAL_PREFIX`` set as NGC does, a stand-in ``torch`` module reporting the shipped version,
   ``nccl.h``, and a PyTorch source tree under ``/opt/pytorch`` (a ``.git`` and a CMake build
   folder, as NGC ships): leftovers that smoke must report as inherited from the base.
+  Upstream behaviours that break images (issue 10), each a separate block in ``ngc_standin``:
+  ``/opt/nvidia/nvidia_entrypoint.sh`` (NGC and nvidia/cuda images ``COPY nvidia_entrypoint.sh
+  /opt/nvidia/``; what EFA installers >= 1.48 take for an NGC container), ``/etc/shinit_v2`` with
+  ``ENV=/etc/shinit_v2`` and ``BASH_ENV=/etc/bash.bashrc`` sourcing it, so every bash runs it (as in
+  NGC images, where 25.11+ set ``NCCL_NET_PLUGIN`` there), emptied apt lists, and one of the
+  packages remove-conflicts names (``ibverbs-utils``) not installed.
 
 Each image is tagged with a hash of its recipe and inputs, so a second run reuses it; the
 debootstrap rootfs is cached as a tarball under ``$BUILDER_TEST_CACHE`` (default
@@ -39,9 +45,17 @@ BASE_PACKAGES = ("python3", "python3-pip", "python-is-python3", "ca-certificates
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 SAGEMAKER_TRAINING = "4.8.1"
 SAGEMAKER_PYTORCH_TRAINING = "2.8.1"
-IBVERBS_PACKAGES = ("libibverbs1", "ibverbs-utils", "libibverbs-dev")
+# ibverbs-utils, which remove-conflicts also names, is left out on purpose: with emptied apt lists
+# `apt-get remove` of a package the base lacks fails ("Unable to locate package").
+IBVERBS_PACKAGES = ("libibverbs1", "libibverbs-dev")
 PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-NGC_RECIPE = "opt-pytorch-tree"  # changes the NGC stand-in's tag alone (RECIPE_REVISION rebuilds both)
+NGC_RECIPE = "opt-pytorch-tree+ngc-entrypoint-shinit"  # changes the NGC stand-in's tag alone (RECIPE_REVISION rebuilds both)
+# NGC's shell init: NGC images set ENV=/etc/shinit_v2 and BASH_ENV=/etc/bash.bashrc, so every
+# non-interactive bash runs it (NVIDIA TensorRT-LLM docker/common scripts: "export
+# BASH_ENV=${BASH_ENV:-/etc/bash.bashrc}; export ENV=${ENV:-/etc/shinit_v2}"). The stand-in's sets
+# nothing NCCL reads, as before 25.11; a test swaps in one that sets NCCL_NET_PLUGIN as 25.11+ do.
+SHINIT_V2 = "# Stand-in /etc/shinit_v2 (test fixture): NGC's shell init, run by every bash.\nexport NGC_SHINIT_V2=1\n"
+NGC_ENTRYPOINT = "#!/bin/bash\n# Stand-in /opt/nvidia/nvidia_entrypoint.sh (test fixture)\nexec \"$@\"\n"
 
 
 def cache_dir() -> Path:
@@ -268,8 +282,14 @@ def ngc_standin(ships: dict) -> str:
             standin_torch(box, ships["pytorch"], ships.get("nccl"))
         if "nccl" in ships:
             box.write("/usr/include/nccl.h", nccl_header(ships["nccl"]))
+        # Upstream behaviours that break images (issue 10); see the module docstring.
+        box.write("/opt/nvidia/nvidia_entrypoint.sh", NGC_ENTRYPOINT, 0o755)
+        box.write("/etc/shinit_v2", SHINIT_V2)
+        bashrc = box.root / "etc/bash.bashrc"
+        bashrc.write_text('[ -n "${ENV:-}" ] && [ -r "$ENV" ] && . "$ENV"\n' + bashrc.read_text())
         box.write("/opt/pytorch/pytorch/.git/HEAD", "ref: refs/heads/main\n")
         box.write("/opt/pytorch/pytorch/build/CMakeCache.txt", "# stand-in NGC build tree (test fixture)\n")
         box.import_as(ref, [f"ENV PATH=/usr/local/mpi/bin:{PATH_ENV}", "ENV OPAL_PREFIX=/opt/hpcx/ompi",
-                            'CMD ["/bin/bash"]'])
+                            "ENV ENV=/etc/shinit_v2", "ENV BASH_ENV=/etc/bash.bashrc",
+                            'ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh"]', 'CMD ["/bin/bash"]'])
     return ref

@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+import harness
 import standins
 
 from builder import components as comp
@@ -27,9 +28,9 @@ from builder import components as comp
 pytestmark = pytest.mark.integration
 
 DOCKER = standins.DOCKER
-NVIDIA = "builder-itest/nvidia:itest-nvidia"
-BADSUM = "builder-itest/nvidia:itest-nvidia-badsum"
-DLC = "builder-itest/dlc:itest-dlc"
+NVIDIA = f"{harness.ITEST_REPO}/nvidia:itest-nvidia"
+BADSUM = f"{harness.ITEST_REPO}/nvidia:itest-nvidia-badsum"
+DLC = f"{harness.ITEST_REPO}/dlc:itest-dlc"
 
 
 def untag(*refs: str) -> None:
@@ -71,7 +72,7 @@ def test_parallel_build_one_failure_named(nvidia_built):
     assert tagged(NVIDIA) and not tagged(BADSUM)
     labels = json.loads(subprocess.run([DOCKER, "image", "inspect", "--format", "{{json .Config.Labels}}", NVIDIA],
                                        capture_output=True, text=True, check=True).stdout)
-    assert labels["builder.component.efa"] == "1.47.0" and labels["org.opencontainers.image.title"] == "itest-nvidia"
+    assert labels["builder.component.efa"] == "1.48.0" and labels["org.opencontainers.image.title"] == "itest-nvidia"
 
 
 def test_smoke_nvidia_passes(build_project, nvidia_built):
@@ -83,7 +84,7 @@ def test_smoke_nvidia_passes(build_project, nvidia_built):
     for expected in [("efa", "file_contains"), ("efa", "ldd"), ("efa", "command"), ("remove-conflicts", "command"),
                      ("remove-hpcx-mpi", "file_absent"), ("network-env", "env"), ("openssh", "file_exists"),
                      ("base", "nccl_version"), ("base", "python"), ("labels", "label"),
-                     ("hygiene", "leftovers"), ("credentials", "scan")]:
+                     ("hygiene", "leftovers"), ("credentials", "scan"), ("network-env", "command")]:
         assert expected in kinds
     nccl = next(c for c in doc["checks"] if c["kind"] == "nccl_version")
     assert "2.25.1 via header" in nccl["detail"] and "torch.cuda.nccl 2.25.1" in nccl["detail"]
@@ -105,8 +106,8 @@ def test_planted_key_and_apt_list_fail_smoke(build_project, nvidia_built, tmp_pa
     """Things the image adds (not its base): a key in /workspace (and so in the history of the
     RUN that wrote it), an AWS credentials file under /home, a leftover apt list, and an
     aws-ofi-nccl plugin whose dependency is gone (ldd must name it)."""
-    planted = "builder-itest/planted:key-and-apt-list"
-    net_lib = comp.ofi_plugin("1.47.0").net_lib
+    planted = f"{harness.ITEST_REPO}/planted:key-and-apt-list"
+    net_lib = comp.ofi_plugin("1.48.0").net_lib
     dockerfile = (f"FROM {NVIDIA}\n"
                   "RUN mkdir -p /workspace /home/ubuntu/.aws \\\n"
                   " && printf -- '-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAA\\n"
@@ -183,7 +184,12 @@ def test_dlc_end_to_end_with_sagemaker_contract(build_project, tmp_path):
     # The base's baked root key pair and host keys (as in AWS's DLCs) are inherited: WARN, not FAIL.
     warned = {c["args"].get("path") for c in doc["checks"] if c["warn"] and c["stanza"] == "credentials"}
     assert {"/root/.ssh/id_rsa", "/etc/ssh/ssh_host_rsa_key", "/etc/ssh/ssh_host_ed25519_key"} <= warned, warned
-    assert all("inherited from base builder-fixture/dlc-standin:" in c["detail"] for c in doc["checks"] if c["warn"])
+    assert all("inherited from base builder-fixture/dlc-standin:" in c["detail"]
+               for c in doc["checks"] if c["warn"] and c["stanza"] != "enroot")
+    # The stand-in base is Debian, whose /etc/profile resets PATH: under enroot's login shell the
+    # image would lose the /opt/ml/code it puts on PATH (builder/smoke_login_shell.py, docs/slurm.md).
+    login = [c for c in doc["checks"] if c["kind"] == "login-shell"]
+    assert login and all(c["warn"] and "drops /opt/ml/code from PATH" in c["detail"] for c in login)
     # ncclGetVersion through ctypes on the stand-in's libnccl.so.2, and the NCCL torch reports.
     nccl = next(c for c in doc["checks"] if c["kind"] == "nccl_version")
     assert "2.22.3 via ncclGetVersion (/usr/local/lib/libnccl.so.2.22.3)" in nccl["detail"], nccl
@@ -197,7 +203,7 @@ def test_base_not_in_engine_judges_everything(build_project, tmp_path):
     if not tagged(DLC):
         built = build_project.cli("build", "itest-dlc", "--network", "host")
         assert built.returncode == 0, built.stderr
-    orphan = "builder-itest/orphan:no-base"
+    orphan = f"{harness.ITEST_REPO}/orphan:no-base"
     dockerfile = f"FROM {DLC}\nLABEL org.opencontainers.image.base.name=builder-fixture/not-in-the-engine:0\n"
     subprocess.run([DOCKER, "build", "-q", "-t", orphan, "-"], input=dockerfile, text=True, check=True,
                    capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
@@ -233,3 +239,79 @@ def test_size_gate_lists_largest_layers(build_project, nvidia_built, tmp_path):
 def test_sagemaker_refused_without_toolkit(build_project, nvidia_built):
     proc = build_project.cli("smoke", "itest-nvidia", "--sagemaker")
     assert proc.returncode == 2 and "does not claim SageMaker support" in proc.stderr
+
+
+# --- upstream behaviours that break images (issue 10) -------------------------------------------
+# The NGC stand-in carries /opt/nvidia/nvidia_entrypoint.sh and an /etc/shinit_v2 every bash runs;
+# the stand-in installer >= 1.48 skips its plugin there unless --disable-ngc. Each defect class is
+# planted on top of the good image and smoke must name exactly the checks it breaks.
+
+NET_LIB = comp.ofi_plugin("1.48.0").net_lib
+PROBE = ("network-env", "command", None)
+
+
+def _plant(tag: str, body: str) -> str:
+    ref = f"{harness.ITEST_REPO}/planted:{tag}"
+    subprocess.run([DOCKER, "build", "-q", "--network", "host", "-t", ref, "-"], input=f"FROM {NVIDIA}\n{body}",
+                   text=True, check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    return ref
+
+
+def _failed(build_project, ref: str) -> tuple[set, dict]:
+    proc = build_project.cli("smoke", "itest-nvidia", "--image", ref, "--json")
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == (1 if not doc["ok"] else 0), proc.stderr
+    return {(c["stanza"], c["kind"], c["args"].get("path")) for c in doc["checks"] if not c["ok"]}, doc
+
+
+def test_installer_without_disable_ngc_leaves_nccl_pointed_at_nothing(build_project, nvidia_built):
+    """EFA 1.48 rerun without --disable-ngc on the NGC base: no plugin, and smoke says where."""
+    url = f"{build_project.server.url}/aws-efa-installer-1.48.0.tar.gz"
+    ref = _plant("no-disable-ngc", "RUN rm -rf /opt/amazon/ofi-nccl && mkdir /tmp/efa \\\n"
+                 f" && curl -fsS -o /tmp/efa/i.tgz {url} && tar -xzf /tmp/efa/i.tgz -C /tmp/efa \\\n"
+                 " && /tmp/efa/aws-efa-installer/efa_installer.sh -y -g --skip-kmod --skip-limit-conf --no-verify \\\n"
+                 " && rm -rf /tmp/efa\n")
+    try:
+        failed, doc = _failed(build_project, ref)
+        assert failed == {("efa", "file_exists", NET_LIB), ("efa", "ldd", NET_LIB), PROBE}, failed
+        probe = next(c for c in doc["checks"] if c["stanza"] == "network-env" and c["kind"] == "command")
+        assert "falls back to sockets" in probe["detail"]
+    finally:
+        untag(ref)
+
+
+def test_shinit_v2_pointing_nccl_elsewhere_fails_smoke(build_project, nvidia_built):
+    """An NGC 25.11-style /etc/shinit_v2 that sets NCCL_NET_PLUGIN overrides the image's ENV for
+    every bash: smoke judges the plugin NCCL would open from that environment."""
+    ref = _plant("shinit-v2", "RUN printf 'export NCCL_NET_PLUGIN=aws-ofi\\n' >> /etc/shinit_v2\n")
+    try:
+        failed, doc = _failed(build_project, ref)
+        assert failed == {PROBE}, failed
+        probe = next(c for c in doc["checks"] if c["stanza"] == "network-env" and c["kind"] == "command")
+        assert "NCCL_NET_PLUGIN='aws-ofi'" in probe["detail"]
+    finally:
+        untag(ref)
+
+
+def test_standin_installer_flags_follow_upstream(build_project):
+    """--disable-ngc is unknown before 1.48, --enable-ngc before 1.49; --enable-ngc installs the
+    NGC plugin variant under /opt/amazon/aws-ofi-nccl, not where the standard package goes. One
+    container runs the four cases, each installer in a fresh copy of /opt/amazon."""
+    ngc = standins.ngc_standin(harness.test_matrix_bases()["standin-ngc"]["ships"])
+    cases = (("1.43.2", "--disable-ngc"), ("1.48.0", "--enable-ngc"), ("1.51.0", "--enable-ngc"),
+             ("1.51.0", "--disable-ngc"))
+    script = "\n".join(
+        f"rm -rf /opt/amazon /tmp/e && mkdir -p /tmp/e && python3 -c 'import sys,urllib.request as u; "
+        f"u.urlretrieve(sys.argv[1], \"/tmp/i.tgz\")' {build_project.server.url}/aws-efa-installer-{v}.tar.gz"
+        f" && tar -xzf /tmp/i.tgz -C /tmp/e; /tmp/e/aws-efa-installer/efa_installer.sh -y {flag} 2>/dev/null;"
+        f" echo \"case {v} {flag} rc=$? $(ls -d /opt/amazon/*ofi*/lib 2>/dev/null | tr '\\n' ' ')\""
+        for v, flag in cases)
+    out = subprocess.run([DOCKER, "run", "--rm", "--network", "host", "--entrypoint", "/bin/bash", ngc, "-c", script],
+                         capture_output=True, text=True, timeout=300).stdout
+    lines = {tuple(line.split()[1:3]): line for line in out.splitlines() if line.startswith("case ")}
+    assert "rc=2" in lines[("1.43.2", "--disable-ngc")], out
+    assert "rc=2" in lines[("1.48.0", "--enable-ngc")], out
+    enable = lines[("1.51.0", "--enable-ngc")]
+    assert "rc=0" in enable and "/opt/amazon/aws-ofi-nccl/lib" in enable and "/opt/amazon/ofi-nccl/lib" not in enable
+    disable = lines[("1.51.0", "--disable-ngc")]
+    assert "rc=0" in disable and "/opt/amazon/ofi-nccl/lib" in disable and "aws-ofi-nccl" not in disable
