@@ -87,6 +87,11 @@ OFI_NET_OFI_NAME = V("1.15.0")
 # installer using a checksum"; the values AWS ParallelCluster's cookbook pins for the versions it ships).
 # Every image verifies the tarball against these; a matrix's checksums.efa_installer adds versions
 # published later (or a mirror's repackaged file) without a code change.
+# 1.47.0 is cross-checked against awslabs/scale-out-computing-on-aws installer/default_config.yml
+# (efa sha256, same value). 1.48.0-1.51.0 are absent on purpose: no AWS-owned source read on
+# 2026-12-06 publishes them (the stored efa-verify table ends at 1.47.0; the cookbook's stored pins end
+# at 1.41.0; aws/deep-learning-containers installs 1.48.0/1.49.0 without a checksum). Values seen only
+# in third-party repositories are not taken: a matrix pins them under checksums.efa_installer.
 EFA_INSTALLER_SHA256 = {
     "1.47.0": "2df4201e046833c7dc8160907bee7f52b76ff80ed147376a2d0ed8a0dd66b2db",
     "1.46.0": "8302bd7849afb95c903a875d7dcb6f85b3d7629e9a8b67d020031cfc6f4d0ee1",

@@ -126,7 +126,13 @@ AXIS_KEYS = tuple(COMPONENTS) + ("base", "region")
 BASE_KEYS = ("image", "dlc_tag", "registry", "ships", "description")
 # Where a DLC base is pulled from: the region's private ECR registry, or ECR Public (facts.DLC_PUBLIC_REGISTRY).
 DLC_REGISTRIES = ("regional", "public")
-CODE_KEYS = ("dir", "program")
+CODE_KEYS = ("dir", "program", "entry_point")
+# Who names the program a SageMaker job runs (docs/sagemaker.md): "job" (default) bakes the code
+# but leaves the choice to the job (the SDK's entry_point / sagemaker_program hyperparameter);
+# "image" bakes ENV SAGEMAKER_PROGRAM, which the training toolkit reads before the job's
+# sagemaker_program (aws/sagemaker-training-toolkit src/sagemaker_training/environment.py,
+# Environment.__init__), so the image's program runs whatever the job names.
+CODE_ENTRY_POINTS = ("job", "image")
 WAIVABLE = {
     "nccl-older-than-base": "a pinned NCCL older than the one the base image ships",
 }
@@ -157,6 +163,7 @@ class BaseImage:
 class CodeSpec:
     dir: str
     program: str
+    entry_point: str = "job"  # CODE_ENTRY_POINTS: who names the program a SageMaker job runs
 
 
 @dataclass(frozen=True)
@@ -1017,7 +1024,11 @@ def _code_spec(raw, err) -> CodeSpec | None:
     if not isinstance(program, str) or not PROGRAM_RE.match(program):
         err("code.program", "a file name ending in .py or .sh, e.g. train.py")
         ok = False
-    return CodeSpec(directory.rstrip("/"), program) if ok else None
+    entry_point = raw.get("entry_point", "job")
+    if entry_point not in CODE_ENTRY_POINTS:
+        err("code.entry_point", "job (the job's entry_point runs; default) or image (the baked program always runs)")
+        ok = False
+    return CodeSpec(directory.rstrip("/"), program, entry_point) if ok else None
 
 
 def _pip(raw, err) -> list[str]:
@@ -1030,7 +1041,9 @@ def _pip(raw, err) -> list[str]:
 
     out = []
     for item in raw:
-        if not isinstance(item, str) or not REQUIREMENT_RE.match(item.strip()):
+        # Matched whole, unstripped: packaging < 25 (which the SageMaker SDK pins) accepts a
+        # trailing newline in Requirement(), so the pattern alone must refuse it.
+        if not isinstance(item, str) or item != item.strip() or not REQUIREMENT_RE.match(item):
             err("pip", f"{item!r}: a name with optional extras and version specifiers only "
                 "(no URLs, markers, options or shell characters)")
             continue

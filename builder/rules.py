@@ -245,6 +245,23 @@ def _toolkit(spec) -> Iterator[Finding]:
                       "sagemaker-pytorch-training; set components.sagemaker_pytorch_training")
 
 
+@rule("smddp-launcher", "SMDDP jobs start through the toolkit's MPI runner: sshd (openssh stanza) and mpi4py")
+def _smddp_launcher(spec) -> Iterator[Finding]:
+    # sagemaker-training src/sagemaker_training/smdataparallel.py (v4.x to v5.1.0):
+    # SMDataParallelRunner._setup() runs _start_sshd_daemon(), which raises without /usr/sbin/sshd,
+    # on every host, and _python_command() appends "-m mpi4py" to the program mpirun starts.
+    if not spec.has("smddp"):
+        return
+    if not spec.has("openssh"):
+        yield Finding("smddp-launcher", "stanzas.openssh",
+                      "SMDDP jobs start /usr/sbin/sshd on every host (sagemaker-training's SMDataParallelRunner); "
+                      "switch on stanzas.openssh")
+    if not spec.components.get("mpi4py") or not spec.has("torchvision"):
+        yield Finding("smddp-launcher", "components.mpi4py",
+                      "SMDDP jobs run `python -m mpi4py` (sagemaker-training's SMDataParallelRunner); set "
+                      "components.mpi4py (installed by the torchvision stanza), e.g. \"3.1.6\"")
+
+
 @rule("stanza-conflicts", "stanzas that do the same job are not both on")
 def _conflicts(spec) -> Iterator[Finding]:
     if spec.has("nccl-apt") and spec.has("nccl-source"):

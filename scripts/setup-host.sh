@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# docker-compose: the SageMaker SDK's local mode runs `docker-compose up` (its compose file asks
+# for a bridge network, `sagemaker-local`, which an engine started with --bridge=none still creates).
 # gnupg: builder outdated --write verifies the EFA installer's signature with gpg (and its tests sign with a throw-away key).
-APT_PACKAGES=(docker.io debootstrap squashfs-tools squashfs-tools-ng docker-registry slurm-wlm munge libpmix-dev busybox-static gnupg)
+APT_PACKAGES=(docker.io debootstrap squashfs-tools squashfs-tools-ng docker-registry slurm-wlm munge libpmix-dev busybox-static docker-compose gnupg)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -5,11 +5,20 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# smdebug-rulesconfig (a dependency of the SageMaker SDK, a test extra) installs a top-level
+# `tests` package into site-packages, which wins over this folder (a namespace package) for
+# `from tests.matrix_samples import ...`. This folder is `tests` here.
+if getattr(sys.modules.get("tests"), "__path__", None) != [str(REPO / "tests")]:
+    _tests = types.ModuleType("tests")
+    _tests.__path__ = [str(REPO / "tests")]
+    sys.modules["tests"] = _tests
 
 # The tools the test extras install (shellcheck, hadolint, actionlint, moto_server, builder) sit
 # beside this interpreter; put them on PATH as an activated venv would (CI calls .venv/bin/python).

@@ -211,6 +211,31 @@ def _append_layer(source_ref: str, layer: bytes, ref: str) -> None:
         docker("load", input=out.getvalue())
 
 
+def load_image(layers: list[bytes], config: dict, ref: str) -> str:
+    """``docker load`` an image made of these layer tars (bottom first) and image config, as REF;
+    kept when REF exists already (name REF after its content)."""
+    if image_exists(ref):
+        return ref
+    diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    image_config = json.dumps({
+        "architecture": "amd64", "os": "linux", "config": config,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created_by": f"export tests: layer {i}"} for i in range(len(layers))],
+    }).encode()
+    config_name = hashlib.sha256(image_config).hexdigest() + ".json"
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        names = []
+        for diff_id, layer in zip(diff_ids, layers):
+            folder = diff_id.removeprefix("sha256:")
+            _add(tar, f"{folder}/layer.tar", data=layer)
+            names.append(f"{folder}/layer.tar")
+        _add(tar, config_name, data=image_config)
+        _add(tar, "manifest.json", data=json.dumps([{"Config": config_name, "RepoTags": [ref], "Layers": names}]).encode())
+    docker("load", input=out.getvalue())
+    return ref
+
+
 def tricky_image() -> str:
     base = base_image()
     dockerfile = DOCKERFILE.format(base=base, long=LONG_NAME)
@@ -237,16 +262,17 @@ class Entry:
     uid: int
     gid: int
     extra: str  # file: sha256 of content; link: target; device: "major,minor"
+    caps: str = ""  # security.capability, hex (when asked for)
 
     def as_root(self) -> "Entry":
-        return Entry(self.kind, self.mode, 0, 0, self.extra)
+        return Entry(self.kind, self.mode, 0, 0, self.extra, self.caps)
 
 
 _TAR_KIND = {tarfile.REGTYPE: "f", tarfile.AREGTYPE: "f", tarfile.DIRTYPE: "d", tarfile.SYMTYPE: "l",
              tarfile.CHRTYPE: "c", tarfile.BLKTYPE: "b", tarfile.FIFOTYPE: "p"}
 
 
-def docker_export_entries(ref: str) -> tuple[dict[str, Entry], list[set[str]]]:
+def docker_export_entries(ref: str, caps: bool = False) -> tuple[dict[str, Entry], list[set[str]]]:
     """The filesystem of a container created from ``ref`` (``docker export``), minus what the
     engine adds and enroot leaves out (/.dockerenv, the content of /dev). Also its hard-link groups."""
     cid = docker("create", ref, "/bin/true").decode().strip()
@@ -274,7 +300,9 @@ def docker_export_entries(ref: str) -> tuple[dict[str, Entry], list[set[str]]]:
                 extra = f"{m.devmajor},{m.devminor}"
             else:
                 extra = ""
-            entries[path] = Entry(_TAR_KIND[m.type], stat.S_IMODE(m.mode), m.uid, m.gid, extra)
+            cap = m.pax_headers.get("SCHILY.xattr.security.capability", "") if caps else ""
+            cap = cap.encode("utf-8", "surrogateescape").hex() if cap else ""
+            entries[path] = Entry(_TAR_KIND[m.type], stat.S_IMODE(m.mode), m.uid, m.gid, extra, cap)
     return entries, sorted(links.values(), key=sorted)
 
 
@@ -293,7 +321,7 @@ def parse_ls_mode(text: str) -> int:
     return mode
 
 
-def squashfs_entries(sqsh: Path, scratch: Path) -> tuple[dict[str, Entry], list[set[str]]]:
+def squashfs_entries(sqsh: Path, scratch: Path, caps: bool = False) -> tuple[dict[str, Entry], list[set[str]]]:
     """The entries of a squashfs: metadata from ``unsquashfs -lln``, contents and hard links
     from extracting it (as root, so owners, modes and devices come out as stored)."""
     listing = subprocess.run(["unsquashfs", "-lln", str(sqsh)], capture_output=True, check=True).stdout.decode()
@@ -333,8 +361,26 @@ def squashfs_entries(sqsh: Path, scratch: Path) -> tuple[dict[str, Entry], list[
             st = os.lstat(full)
             if st.st_nlink > 1:
                 inodes.setdefault(st.st_ino, set()).add(path)
-        entries[path] = Entry(kind, mode, uid, gid, extra)
+        cap = ""
+        if caps and kind == "f":
+            try:
+                cap = os.getxattr(full, "security.capability", follow_symlinks=False).hex()
+            except OSError:
+                cap = ""
+        entries[path] = Entry(kind, mode, uid, gid, extra, cap)
     return entries, sorted((g for g in inodes.values() if len(g) > 1), key=sorted)
+
+
+def enroot_view(entries: dict[str, Entry], keep_owners: bool = False) -> dict[str, Entry]:
+    """docker export's entries as enroot's import leaves them: common::fixperms's modes
+    (src/common.sh; builder.export.tarstream.enroot_mode) and, unless kept, root's owners."""
+    from builder.export.tarstream import enroot_mode
+
+    out = {}
+    for path, e in entries.items():
+        mode = e.mode if e.kind == "l" else enroot_mode(e.mode, e.kind == "d", path.count("/") + 1)
+        out[path] = Entry(e.kind, mode, e.uid if keep_owners else 0, e.gid if keep_owners else 0, e.extra, e.caps)
+    return out
 
 
 def diff_tables(expected: dict[str, Entry], got: dict[str, Entry]) -> list[str]:

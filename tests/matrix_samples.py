@@ -45,7 +45,9 @@ SOURCE = {
         "sagemaker_training": "4.7.4", "sagemaker_pytorch_training": "2.8.1",
         "smddp": "https://smdataparallel.s3.amazonaws.com/binary/pytorch/2.3.0/cu121/2024-05-23/"
                  "smdistributed_dataparallel-2.3.0-cp311-cp311-linux_x86_64.whl",
+        "mpi4py": "3.1.6",  # SMDDP's launcher runs `python -m mpi4py` (rule smddp-launcher)
     },
+    "stanzas": {"openssh": True},  # ... and starts sshd on every host
 }
 DLC = {"name": "dl", "flavor": "dlc", "base": "dlc-sm", "region": "us-west-2", "pip": ["torchmetrics==1.4.0"]}
 

@@ -10,6 +10,7 @@ not imports at run time), so an import hidden in a function cannot bring a cycle
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -73,6 +74,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
+@functools.lru_cache(maxsize=1)
 def _graph() -> dict[str, set[str]]:
     modules = _modules()
     return {name: _imports(name, path, modules) for name, path in modules.items()}

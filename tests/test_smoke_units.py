@@ -263,33 +263,6 @@ def test_check_result_lines():
     assert report.ok and report.to_dict()["warnings"] == 1 and "1 warnings" in sm.format_text(report)
 
 
-def test_contract_judge(tmp_path):
-    sml.prepare(tmp_path, {"epochs": 2})
-    config = json.loads((tmp_path / "input/config/hyperparameters.json").read_text())
-    assert config == {"epochs": "2"}  # SageMaker passes hyperparameters as JSON strings
-    assert json.loads((tmp_path / "input/config/resourceconfig.json").read_text())["current_host"] == "algo-1"
-    bad = sml.judge("success", 0, "", tmp_path)
-    assert not bad.ok and any("model" in p for p in bad.problems) and any("success" in p for p in bad.problems)
-    (tmp_path / "model/model.json").write_text("{}")
-    (tmp_path / "output/success").write_text("")
-    assert sml.judge("success", 0, "", tmp_path).ok
-    assert not sml.judge("failure", 0, "", tmp_path).ok
-    (tmp_path / "output/success").unlink()
-    (tmp_path / "output/failure").write_text("ExecuteUserScriptError: exit 3")
-    failure = sml.judge("failure", 1, "", tmp_path)
-    assert failure.ok and failure.failure_file.startswith("ExecuteUserScriptError")
-
-
-def test_contract_script_runs_locally(tmp_path, monkeypatch):
-    """The bundled training script itself: model on success, the requested code on failure."""
-    sml.prepare(tmp_path, {})
-    env = {"SM_CHANNEL_TRAIN": str(tmp_path / "input/data/train"), "SM_MODEL_DIR": str(tmp_path / "model"), "PATH": "/usr/bin:/bin"}
-    ok = subprocess.run([sys.executable, str(tmp_path / "code" / sml.PROGRAM)], env=env, capture_output=True, text=True)
-    assert ok.returncode == 0 and json.loads((tmp_path / "model/model.json").read_text())["weight"] == pytest.approx(2.0)
-    bad = subprocess.run([sys.executable, str(tmp_path / "code" / sml.PROGRAM), "--fail", "3"], env=env, capture_output=True)
-    assert bad.returncode == 3
-
-
 def _engine_without_images(folder) -> str:
     """A docker client whose engine answers but has no images (test fixture)."""
     path = folder / "docker"

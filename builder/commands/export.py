@@ -64,24 +64,28 @@ def register(cli: click.Group) -> None:
                        "file name (.tar -> tar), else sqsh.")
     @click.option("--method", type=click.Choice(["native", "enroot"]), default="native", show_default=True,
                   help="native: Docker + mksquashfs only; enroot: run 'enroot import dockerd://' (must be installed).")
-    @click.option("--source", "source_", type=click.Choice(["layers", "container"]), default="layers",
+    @click.option("--source", "source_", type=click.Choice(["container", "layers"]), default="container",
                   show_default=True,
-                  help="native only: layers = docker save, each layer applied with its whiteouts; container = the "
-                       "engine's flattened docker export of a (never started) container, faster on Docker 20.10.")
+                  help="native only: container = the engine's docker export of a never-started container (what "
+                       "enroot import dockerd:// reads), streamed into tar2sqfs; layers = docker save, each layer "
+                       "applied with its whiteouts in --work-dir, then mksquashfs.")
     @click.option("--compression", metavar="NAME[:LEVEL]",
-                  help="gzip, lzo, lz4, xz, zstd (level 3 unless given) or none. Default: $ENROOT_SQUASH_OPTIONS, "
-                       "else ENROOT_SQUASH_OPTIONS in /etc/enroot/enroot.conf, else enroot's '-comp lzo -noD -exit-on-error'.")
+                  help="zstd (level 3 unless given), gzip, xz, lz4, lzo (enroot's own '-comp lzo -noD') or none. "
+                       "zstd, gzip and xz are streamed; lz4, lzo and none unpack the image for mksquashfs (slower "
+                       "than enroot here). Default: $ENROOT_SQUASH_OPTIONS, else enroot's configuration (enroot.conf "
+                       "and enroot.conf.d), else zstd:1.")
     @click.option("--squash-options", metavar="'OPTS'",
                   help="Raw mksquashfs options instead of --compression (like ENROOT_SQUASH_OPTIONS), e.g. '-comp zstd -b 1M'.")
     @click.option("--processors", type=click.IntRange(min=1), default=None,
-                  help="mksquashfs threads (default: -processors in the squash options, else $ENROOT_MAX_PROCESSORS "
-                       "or its enroot.conf value, else all CPUs).")
+                  help="compressor threads (default: -processors in the squash options, else $ENROOT_MAX_PROCESSORS "
+                       "or its value in enroot's configuration, else all CPUs).")
     @click.option("--keep-owners", is_flag=True,
-                  help="Keep the image's file owners (needs root). Default, as enroot: every file owned by root.")
+                  help="Keep the image's file owners (needs root when the image is unpacked). Default, as enroot: "
+                       "every file owned by root.")
     @click.option("--force", is_flag=True, help="Export even when the sidecar says the file is up to date.")
     @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), envvar="BUILDER_EXPORT_WORKDIR",
-                  help="Local folder to unpack the image in (needs about the image's size, twice that with "
-                       "Docker >= 25; default: $TMPDIR).")
+                  help="Local folder to unpack the image in, when it is unpacked (--source layers, or options only "
+                       "mksquashfs has): about the image's size, twice that with Docker >= 25; default: $TMPDIR.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
     @click.pass_obj
     def export_cmd(state, image, dest, fmt, method, source_, compression, squash_options, processors, keep_owners, force,
@@ -106,12 +110,13 @@ def register(cli: click.Group) -> None:
         matrix = state.matrix() if state.matrix_path.is_file() else None
         ref, entry = _resolve(matrix, image)
         fmt = fmt or ("tar" if dest.suffix == ".tar" else "sqsh")
-        if fmt == "tar" and (compression or squash_options or keep_owners or method != "native" or source_ != "layers"):
+        if fmt == "tar" and (compression or squash_options or keep_owners or method != "native" or source_ != "container"):
             raise UsageError("--format tar takes none of --compression, --squash-options, --keep-owners, --method, --source")
-        squash_settings = {}
+        squash_settings, squash_origin = {}, None
         if fmt == "sqsh":  # only an sqsh reads the squash settings (enroot.conf included)
             choice = squash.choose(compression, squash_options, processors)
             squash_settings = {"squash_options": choice.options, "processors": choice.processors}
+            squash_origin = choice.as_dict()
         # The engine is asked only here, or by export_image after its checks of the destination.
         client = found = None
         if matrix is not None and entry is None and _bare(image):
@@ -137,7 +142,8 @@ def register(cli: click.Group) -> None:
         # clean-up: temporaries, work folder and containers are removed.
         result = export_image(request, progress=lambda m: click.echo(m, err=True), client=client, image=found)
         if as_json:
-            click.echo(json.dumps(result.as_dict(), indent=2, sort_keys=True))
+            click.echo(json.dumps({**result.as_dict(), **({"squash": squash_origin} if squash_origin else {})},
+                                  indent=2, sort_keys=True))
         elif result.skipped:
             click.echo(f"{result.dest} is up to date ({ref}, sha256 {result.sha256[:12]}); use --force to export again")
         else:

@@ -8,7 +8,7 @@ import json
 import click
 
 from builder import components as comp
-from builder import rules
+from builder import rules, sagemaker_local
 from builder.matrix import COMPONENTS, ImageSpec
 from builder.render import Renderer
 
@@ -92,6 +92,8 @@ def explain_cmd(state, name):
         click.echo(f"  {key:<27}{shown:<22}<- {source}")
     for line in _derived(spec):
         click.echo(f"  {line}")
+    if sagemaker_local.supports_contract(spec, catalog):
+        click.echo(f"sagemaker job runs: {sagemaker_local.program_summary(spec)}")
     click.echo("stanzas (build order):")
     flavor_stanzas = catalog.flavors[spec.flavor].stanzas
     for name_ in flavor_stanzas:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from builder import sagemaker_local
+from builder import sagemaker_local, sagemaker_sdk
 from builder import smoke as sm
 from builder.buildkit import DOCKER_ENV, docker_path, engine_answers, engine_down_message, image_inspect
 from builder.errors import BuilderError, UsageError
@@ -21,7 +21,7 @@ def _looks_like_name(target: str) -> bool:
 @click.command("smoke")
 @click.argument("target", metavar="NAME|IMAGE")
 @click.option("--image", "image", metavar="REF", help="Check this image against NAME's expectations (default: NAME's first tag).")
-@click.option("--sagemaker", is_flag=True, help="Also run the SageMaker training contract (local-mode emulation).")
+@click.option("--sagemaker", is_flag=True, help="Also run SageMaker training jobs through the SageMaker Python SDK's local mode.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output on stdout.")
 @click.option("--docker", "docker", metavar="PATH", envvar=DOCKER_ENV, help="Docker client to use.")
 @click.pass_obj
@@ -33,8 +33,8 @@ def smoke_cmd(state, target, image, sagemaker, as_json, docker):
 
     NAME is a matrix image (its first tag is checked); IMAGE is any reference, matched to its
     matrix entry through its org.opencontainers.image.title label (else only hygiene and
-    credentials are checked, and a WARN line says so). --sagemaker runs the image as SageMaker
-    local mode does.
+    credentials are checked, and a WARN line says so). --sagemaker then runs training jobs
+    through the real SageMaker Python SDK's local mode (docs/sagemaker.md).
 
     Exit codes: 0 all checks passed (WARN lines included); 1 a check or the SageMaker contract
     failed (each failure is one line); 2 bad input (unknown NAME, invalid matrix, missing
@@ -67,6 +67,7 @@ def smoke_cmd(state, target, image, sagemaker, as_json, docker):
         if not sagemaker_local.supports_contract(spec, matrix.catalog):
             raise UsageError(f"{spec.name} does not claim SageMaker support: it has neither the sagemaker-toolkit "
                              "stanza nor a -sagemaker DLC base, so it has no `train` entry point")
+        sagemaker_sdk.require_sdk()
     if inspected is None:
         raise sm.missing_image(ref, spec)
     report = sm.smoke(docker, ref, spec, config)
@@ -75,7 +76,7 @@ def smoke_cmd(state, target, image, sagemaker, as_json, docker):
     doc = report.to_dict()
     failed = not report.ok
     if sagemaker:
-        outcomes = sagemaker_local.contract(docker, ref, spec.region or "us-west-2")
+        outcomes = sagemaker_local.contract(docker, ref, spec, spec.region or "us-west-2")
         doc["sagemaker"] = [o.to_dict() for o in outcomes]
         doc["ok"] = doc["ok"] and all(o.ok for o in outcomes)
         failed = failed or not all(o.ok for o in outcomes)
@@ -83,16 +84,8 @@ def smoke_cmd(state, target, image, sagemaker, as_json, docker):
         click.echo(json.dumps(doc, indent=2))
     else:
         click.echo(sm.format_text(report))
-        for outcome in doc.get("sagemaker", []):
-            status = "PASS" if outcome["ok"] else "FAIL"
-            click.echo(f"{status} sagemaker: {outcome['case']} job (exit {outcome['exit_code']}, "
-                       f"model {outcome['model_files'] or 'none'}, success marker {outcome['success_marker']}, "
-                       f"failure file {'yes' if outcome['failure_file'] is not None else 'no'})")
-            for problem in outcome["problems"]:
-                click.echo(f"FAIL sagemaker: {outcome['case']} job: {problem}")
-            if outcome["problems"]:
-                for line in outcome["log_tail"]:
-                    click.echo(f"  | {line}")
+        for line in sagemaker_local.format_lines(doc.get("sagemaker", [])):
+            click.echo(line)
     if no_entry:
         click.echo(f"warning: {no_entry}", err=True)
     if failed:

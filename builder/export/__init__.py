@@ -1,10 +1,15 @@
 """Export a built image for Slurm nodes: an enroot ``.sqsh`` (or a ``docker save`` tar) on shared storage.
 
 Pipeline (one module per stage):
-  source.py         stream ``docker save`` out of the engine, layers in order
+  native.py         builder's own writer: streamed (default), unpacked, or from the layers
+  container.py      ``docker export`` of a never-started container (what enroot import dockerd:// reads)
+  tarstream.py      that stream rewritten as enroot's import leaves it (exclusions, modes, owners, files)
+  sqfs_stream.py    tar2sqfs: a squashfs straight from the stream
+  source.py         stream ``docker save`` out of the engine, layers in order (--source layers)
   layers.py         apply each layer onto a root filesystem (whiteouts, opaque dirs, links)
   enroot_config.py  write what ``enroot start`` reads (/etc/rc, /etc/environment, /etc/fstab)
-  squash.py         mksquashfs with enroot-like options
+  enroot_conf.py    enroot's configuration files, read as enroot reads them
+  squash.py         squash options (compression, processors) and mksquashfs
   atomic.py         temporary file beside the destination, atomic rename, destination lock, stale clean-up
   tree.py           removing the unpacked image (read-only folders included)
   sidecar.py        NAME.sqsh.json: digest, matrix entry, versions, sha256; skip when unchanged
@@ -20,10 +25,8 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tarfile
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +35,12 @@ from typing import Any, Callable, Mapping
 from builder import imageref
 from builder.buildkit import sdk_client
 from builder.errors import BuilderError, UsageError
-from builder.export import atomic, container, enroot_config, sidecar, source, squash, tree
-from builder.export.layers import RootfsBuilder, enroot_excludes
+from builder.export import atomic, native, sidecar, squash
+from builder.export.native import pause as _pause
 
 FORMATS = ("sqsh", "tar")
 METHODS = ("native", "enroot")
-SOURCES = ("layers", "container")  # native: docker save + our layer merge, or the engine's docker export
-# Test hook: stop (SIGSTOP) at these stages so a test can kill the export there, deterministically.
-PAUSE_ENV = "BUILDER_EXPORT_TEST_PAUSE_AT"
+SOURCES = ("container", "layers")  # native: the engine's docker export (streamed), or docker save + our layer merge
 
 def validate_reference(ref: str) -> str:
     if imageref.is_reference(ref) or imageref.IMAGE_ID_RE.match(ref):
@@ -53,8 +54,8 @@ class ExportRequest:
     dest: Path
     fmt: str = "sqsh"
     method: str = "native"
-    source: str = "layers"
-    squash_options: tuple[str, ...] = squash.ENROOT_DEFAULT
+    source: str = "container"
+    squash_options: tuple[str, ...] = squash.compression_options(squash.DEFAULT_COMPRESSION)
     processors: int = 1
     keep_owners: bool = False
     force: bool = False
@@ -72,7 +73,7 @@ class ExportRequest:
         return {
             "format": "sqsh",
             "method": self.method,
-            **({"source": self.source} if self.method == "native" else {}),
+            **({"source": self.source, "writer": native.writer_for(self)[0]} if self.method == "native" else {}),
             "squash_options": list(self.squash_options),
             "owners": "image" if self.keep_owners else "root",
             "exporter_revision": sidecar.EXPORTER_REVISION,
@@ -96,11 +97,6 @@ class ExportResult:
             "image_id": self.image_id, "sha256": self.sha256, "size": self.size,
             "seconds": round(self.seconds, 2), **self.details,
         }
-
-
-def _pause(stage: str) -> None:
-    if stage in os.environ.get(PAUSE_ENV, "").split(","):
-        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def docker_client():
@@ -140,10 +136,12 @@ def export_image(request: ExportRequest, *, progress: Callable[[str], None] = la
     if request.method == "enroot" and request.keep_owners:
         raise UsageError("enroot import always makes every file root's; drop --keep-owners or use --method native")
     if request.method == "enroot" and not shutil.which("enroot"):
-        raise UsageError("enroot is not installed here; use --method native (needs only Docker and mksquashfs)")
-    if request.keep_owners and os.geteuid() != 0:
-        raise UsageError("--keep-owners needs root (files are created with the image's owners); drop it or run as root")
-    if request.fmt == "sqsh" and request.method == "native":
+        raise UsageError("enroot is not installed here; use --method native (needs only Docker and tar2sqfs or mksquashfs)")
+    unpacks = request.fmt == "sqsh" and request.method == "native" and native.writer_for(request)[0] == "mksquashfs"
+    if request.keep_owners and unpacks and os.geteuid() != 0:
+        raise UsageError("--keep-owners needs root when the image is unpacked (--source layers, or options only "
+                         "mksquashfs has); drop it, run as root, or use the streamed export")
+    if unpacks:
         squash.find_mksquashfs()
     side = sidecar.sidecar_path(dest)
     atomic.check_writable_folder(dest, side)
@@ -185,7 +183,7 @@ def _export_locked(request: ExportRequest, client, image, dest: Path, side: Path
             if request.method == "enroot":
                 _run_enroot(request, temp, progress)
             else:
-                details = _write_native_sqsh(client, image, request, temp, progress)
+                details = native.write_sqsh(client, image, request, temp, progress)
             _pause("hash")
             progress("hashing the squashfs")
             digest = _sha256(temp)
@@ -302,129 +300,6 @@ def _write_tar(image, ref: str, repo_tag: str | None, temp: Path, progress) -> s
                 next_report += 1 << 30
             _pause("tar")
     return h.hexdigest()
-
-
-WORKDIR_PREFIX = "builder-export-"
-_WORKDIR = re.compile(rf"^{WORKDIR_PREFIX}[A-Za-z0-9-]+\.(?P<boot>[0-9a-f]{{8}})-(?P<ns>\d+)\.(?P<pid>\d+)-")
-_OLD_WORKDIR = re.compile(rf"^{WORKDIR_PREFIX}[A-Za-z0-9-]+-(?P<pid>\d+)-")
-
-
-def _clean_stale_workdirs(parent: Path) -> None:
-    """Remove unpacked images of exports that are gone. A live export holds an flock on its
-    work folder, so one whose lock can be taken, made under this kernel, is stale. Where the
-    filesystem has no flock, taking it proves nothing: the name (pid) decides, as for temporaries."""
-    try:
-        entries = [e for e in os.scandir(parent) if e.name.startswith(WORKDIR_PREFIX)]
-    except OSError:
-        return
-    now = time.time()
-    for entry in entries:
-        match = _WORKDIR.match(entry.name) or _OLD_WORKDIR.match(entry.name)
-        if not match or not entry.is_dir(follow_symlinks=False):
-            continue
-        try:
-            fd, locked = atomic.lock_exclusive(entry.path, directory=True)
-            if fd is None:
-                continue  # its export is running
-            try:
-                groups = match.groupdict()
-                age = now - entry.stat(follow_symlinks=False).st_mtime
-                if atomic.owner_gone(groups.get("boot"), groups.get("ns"), int(match["pid"]), locked=locked, age=age):
-                    tree.remove_tree(entry.path)
-            finally:
-                os.close(fd)
-        except OSError:
-            continue  # another user's, or just removed: not ours to worry about
-
-
-def _make_workdir(parent: Path) -> tuple[Path, int]:
-    """A new work folder in ``parent`` and an fd holding its flock (where the filesystem has flock).
-
-    Made under a dot name the clean-up ignores, locked, then given its real name: another
-    export's clean-up never sees it unlocked."""
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{WORKDIR_PREFIX}", dir=parent))
-    except OSError as exc:
-        raise atomic.os_error_line(exc, parent, "creating a work folder in", work_dir=True) from None
-    fd = None
-    try:
-        # Nobody else knows the dot name, so waiting (were it ever held) ends at once.
-        fd, _locked = atomic.lock_exclusive(staging, directory=True, waiting=lambda: None)
-        work = parent / f"{WORKDIR_PREFIX}{atomic.IDENTITY}.{os.getpid()}-{staging.name.rpartition('-')[2]}"
-        os.rename(staging, work)
-    except BaseException as exc:
-        if fd is not None:
-            os.close(fd)
-        try:
-            tree.remove_tree(staging)  # the clean-up of later exports ignores dot names
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise atomic.os_error_line(exc, parent, "creating a work folder in", work_dir=True) from None
-        raise
-    return work, fd
-
-
-def _write_native_sqsh(client, image, request: ExportRequest, temp: Path, progress) -> dict[str, Any]:
-    parent = Path(request.work_dir or tempfile.gettempdir())
-    if not parent.is_dir():
-        raise BuilderError(f"work folder {parent} does not exist; create it or pass another --work-dir")
-    _clean_stale_workdirs(parent)
-    work, work_lock = _make_workdir(parent)
-    try:
-        rootfs = work / "rootfs"
-        rootfs.mkdir()
-        exclude = container.engine_excludes if request.source == "container" else enroot_excludes
-        layer_count = len((image.attrs.get("RootFS") or {}).get("Layers") or []) or "?"
-        unpack_started = time.monotonic()
-        with RootfsBuilder(rootfs, keep_owners=request.keep_owners, exclude=exclude) as builder:
-
-            def apply_layer(fileobj, index: int, name: str) -> None:
-                before = builder.stats.bytes
-                builder.apply(fileobj)
-                progress(f"applied layer {index + 1}/{layer_count} ({(builder.stats.bytes - before) / 1e6:.0f} MB)")
-                _pause("layers")
-
-            try:
-                if request.source == "container":
-                    progress("reading the filesystem of a container made from the image (docker export)")
-                    container.apply_container_export(client, image, lambda f: (builder.apply(f), _pause("container")))
-                    saved = source.SaveResult(layers=["container"], streamed=1)
-                else:
-                    saved = source.apply_saved_image(source.ChunkReader(image.save(chunk_size=1 << 20)),
-                                                     str(work / "spool"), apply_layer)
-                config = image.attrs.get("Config") or {}
-                for rel, text in enroot_config.render(config).items():
-                    builder.write_file(rel, text.encode())
-                builder.ensure_dir(enroot_config.workdir(config))
-                builder.finish()
-            except OSError as exc:
-                raise atomic.os_error_line(exc, work, "unpacking the image into", work_dir=True) from None
-        if builder.stats.skipped:
-            progress(f"warning: {len(builder.stats.skipped)} entries could not be created "
-                     f"(device nodes need root), first: /{builder.stats.skipped[0]}")
-        if builder.stats.xattrs_dropped:
-            progress(f"warning: {builder.stats.xattrs_dropped} extended attributes (e.g. file capabilities) "
-                     "could not be set as this user and are not in the image; export as root to keep them")
-        _pause("squash")
-        squash_started = time.monotonic()
-        progress(f"mksquashfs {' '.join(request.squash_options)} with {request.processors} processors")
-        squash.mksquashfs(str(rootfs), str(temp), request.squash_options, processors=request.processors,
-                          all_root=not request.keep_owners, log_path=str(work / "mksquashfs.log"),
-                          mode_fixes=builder.mode_fixes)
-        return {
-            "unpack_seconds": round(squash_started - unpack_started, 2),
-            "squash_seconds": round(time.monotonic() - squash_started, 2),
-            "unpacked_bytes": builder.stats.bytes,
-            "layers": len(saved.layers), "layers_streamed": saved.streamed, "layers_spooled": saved.spooled,
-            "entries": builder.stats.entries, "whiteouts": builder.stats.whiteouts,
-            "opaque_dirs": builder.stats.opaque_dirs,
-        }
-    finally:
-        try:
-            tree.remove_tree(work)
-        finally:
-            os.close(work_lock)
 
 
 def _run_enroot(request: ExportRequest, temp: Path, progress) -> None:

@@ -10,7 +10,6 @@ pyxis runs the image through these, so a .sqsh without them loses the image's en
 
 from __future__ import annotations
 
-import shlex
 from typing import Mapping
 
 RC_LOCAL = (
@@ -19,19 +18,36 @@ RC_LOCAL = (
 )
 
 
+_ANSI = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r",
+         "\x1b": "\\E", "'": "\\'", "\\": "\\\\"}
+
+
+def bash_quote(word: str) -> str:
+    """``${word@Q}`` as bash 5 writes it: 'single quoted', or $'...' when the word holds a
+    control character (bash's ansic_shouldquote), so /etc/rc reads the same as enroot's."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in word):
+        return "$'" + "".join(_ANSI.get(c, f"\\{ord(c):03o}" if ord(c) < 32 or ord(c) == 127 else c)
+                              for c in word) + "'"
+    return "'" + word.replace("'", "'\\''") + "'"
+
+
 def _quoted(words: list[str]) -> str:
-    return " ".join(shlex.quote(w) for w in words)
+    return " ".join(bash_quote(w) for w in words)
 
 
-def _one_line(text: str) -> str:
-    """A label as one comment line: a newline in a label value must not start a shell line in /etc/rc."""
-    return str(text).replace("\n", "\\n").replace("\r", "\\r")
+def _dir_word(path: str) -> str:
+    """The WORKDIR inside double quotes, as enroot writes it; a name the shell would expand or
+    that would end the quotes is quoted properly instead (enroot's /etc/rc breaks on those)."""
+    if any(c in path for c in '"$`\\') or any(ord(c) < 32 for c in path):
+        return bash_quote(path)
+    return f'"{path}"'
 
 
 def render(config: Mapping) -> dict[str, str]:
-    """Path (relative to the root) -> content, from the engine's image ``Config``."""
+    """Path (relative to the root) -> content, from the engine's image ``Config``: what
+    docker::configure (src/docker.sh) writes, byte for byte for ordinary images."""
     env = list(config.get("Env") or [])
-    volumes = sorted((config.get("Volumes") or {}).keys())
+    volumes = sorted((config.get("Volumes") or {}).keys())  # jq 'keys' sorts by code point
     labels = config.get("Labels") or {}
     workdir = config.get("WorkingDir") or "/"
     entrypoint = list(config.get("Entrypoint") or [])
@@ -41,23 +57,24 @@ def render(config: Mapping) -> dict[str, str]:
 
     fstab = "".join(f"${{ENROOT_ROOTFS}}{v} {v} none x-create=dir,bind,rw,nosuid,nodev\n" for v in volumes)
     environment = "".join(f"{line}\n" for line in env)
-    rc = "".join(f"# {_one_line(key)} {_one_line(value)}\n" for key, value in labels.items())
+    # jq: "# \(.key) \(.value | gsub("\n"; " "))"; a newline in a key is kept out of the shell too.
+    rc = "".join(f"# {str(key).replace(chr(10), ' ')} {str(value).replace(chr(10), ' ')}\n"
+                 for key, value in labels.items())
     if rc:
         rc += "\n"
-    with_args = f"exec {_quoted(entrypoint)} \"$@\"" if entrypoint else 'exec "$@"'
-    default = f"exec {_quoted(entrypoint + cmd)}"
+    ep = _quoted(entrypoint)  # ${entrypoint[@]+${entrypoint[@]@Q}}: nothing when empty
     rc += (
-        f"mkdir -p {shlex.quote(workdir)} 2> /dev/null\n"
-        f"cd {shlex.quote(workdir)} && unset OLDPWD || exit 1\n"
+        f"mkdir -p {_dir_word(workdir)} 2> /dev/null\n"
+        f"cd {_dir_word(workdir)} && unset OLDPWD || exit 1\n"
         "\n"
         "if [ -s /etc/rc.local ]; then\n"
         "    . /etc/rc.local\n"
         "fi\n"
         "\n"
         "if [ $# -gt 0 ]; then\n"
-        f"    {with_args}\n"
+        f"    exec {ep} \"$@\"\n"
         "else\n"
-        f"    {default}\n"
+        f"    exec {ep} {_quoted(cmd)}\n"
         "fi\n"
     )
     return {

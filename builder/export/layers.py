@@ -24,6 +24,7 @@ from typing import IO, Callable
 
 from builder.errors import BuilderError
 from builder.export import tree
+from builder.export.tarstream import enroot_mode
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -110,8 +111,9 @@ class RootfsBuilder:
     """
 
     def __init__(self, root: str | os.PathLike, *, keep_owners: bool = False,
-                 exclude: Callable[[str], bool] = enroot_excludes):
+                 exclude: Callable[[str], bool] = enroot_excludes, enroot_modes: bool = False):
         self.root = os.fspath(root)
+        self.enroot_modes = enroot_modes  # modes as common::fixperms leaves them (tarstream.enroot_mode)
         self.keep_owners = keep_owners
         self.exclude = exclude
         self._is_root = os.geteuid() == 0
@@ -315,7 +317,9 @@ class RootfsBuilder:
         elif member.issym():
             os.symlink(member.linkname, name, dir_fd=pfd)
         elif member.islnk():
-            self._hard_link(member, rel, pfd, name)
+            # Looking the target up moves the descriptor cache, which may close ``pfd``: the
+            # link's own parent is looked up again (issue 12: EBADF in _set_meta).
+            pfd = self._hard_link(member, rel, name)
         elif member.isfifo():
             os.mkfifo(name, 0o600, dir_fd=pfd)
         elif member.ischr() or member.isblk():
@@ -330,7 +334,8 @@ class RootfsBuilder:
             return
         self._set_meta(pfd, name, member)
 
-    def _hard_link(self, member: tarfile.TarInfo, rel: str, pfd: int, name: str) -> None:
+    def _hard_link(self, member: tarfile.TarInfo, rel: str, name: str) -> int:
+        """Link ``rel`` to the layer's target; returns the (fresh) descriptor of ``rel``'s parent."""
         target = normalize(member.linkname)
         tparent, tname = _split(target)
         tfd = self._dir(tparent, create=False) if target else None
@@ -346,6 +351,7 @@ class RootfsBuilder:
             os.link(tname, name, src_dir_fd=tfd_dup, dst_dir_fd=pfd, follow_symlinks=False)
         finally:
             os.close(tfd_dup)
+        return pfd
 
     def _set_meta(self, pfd: int, name: str, member: tarfile.TarInfo) -> None:
         """Owner, mode, xattrs and mtime of the entry just made; never through a symlink."""
@@ -354,11 +360,15 @@ class RootfsBuilder:
         if self.keep_owners:
             os.chown(name, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
         if not symlink:
-            mode = stat.S_IMODE(member.mode)
+            mode = self._mode(member, directory=False, depth=0)
             os.chmod(name, mode, dir_fd=pfd)  # after chown: chown clears set-id bits
             self._note_mode(mode, directory=False)
         self._set_xattrs(pfd, name, member)
         os.utime(name, ns=(_ns(member.mtime), _ns(member.mtime)), dir_fd=pfd, follow_symlinks=False)
+
+    def _mode(self, member: tarfile.TarInfo, directory: bool, depth: int) -> int:
+        mode = stat.S_IMODE(member.mode)
+        return enroot_mode(mode, directory, depth) if self.enroot_modes else mode
 
     def _note_mode(self, mode: int, directory: bool) -> None:
         if not self._is_root and (mode & 0o400 == 0 or (directory and mode & 0o100 == 0)):
@@ -395,7 +405,7 @@ class RootfsBuilder:
                 continue
             if self.keep_owners:
                 os.chown(name, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
-            mode = stat.S_IMODE(member.mode)
+            mode = self._mode(member, directory=True, depth=rel.count("/") + 1 if rel else 0)
             os.chmod(name, mode, dir_fd=pfd)
             self._note_mode(mode, directory=True)
             self._set_xattrs(pfd, name, member)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 SCHEMA = 1
 # Bump when the exporter's output for the same image and settings changes.
-EXPORTER_REVISION = 2  # 2: descriptor-based layer merge, -exit-on-error, 0644 files
+EXPORTER_REVISION = 3  # 3: enroot's modes and files as its import makes them; streamed through tar2sqfs
 
 
 def sidecar_path(dest: Path) -> Path:

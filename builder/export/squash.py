@@ -1,12 +1,10 @@
-"""mksquashfs options (compression, processors) and running it.
+"""Squashfs options (compression, processors) and running mksquashfs.
 
-Defaults follow enroot so a .sqsh made here behaves like one from ``enroot import``:
-``ENROOT_SQUASH_OPTIONS`` from the environment, else from ``/etc/enroot/enroot.conf`` (read
-the way enroot reads it, minus shell expansion), else enroot's own default
-``-comp lzo -noD -exit-on-error`` (lzo because every squashfs reader has it; the data blocks
-stay uncompressed so it is fast). ``--compression zstd`` (level 3 unless given) is several
-times smaller for about the same time, but needs squashfs-tools >= 4.4 / kernel >= 4.14 on
-the nodes that unsquash it.
+Options are mksquashfs's, as enroot's ``ENROOT_SQUASH_OPTIONS`` gives them: from
+``--compression``/``--squash-options``, else ``ENROOT_SQUASH_OPTIONS`` from the environment or
+enroot's configuration (enroot_conf.py), else builder's default, zstd level 1. The streamed export
+translates them for tar2sqfs (sqfs_stream.py); options only mksquashfs has (enroot's
+``-noD``, ``--compression lzo``) are written by mksquashfs from an unpacked copy.
 
 A file mksquashfs cannot read must fail the export, never end up empty in the image, so
 ``-exit-on-error`` is always passed (squashfs-tools >= 4.5; older ones have their log
@@ -29,20 +27,29 @@ from functools import lru_cache
 from typing import Mapping, Sequence
 
 from builder.errors import BuilderError, UsageError
+from builder.export import enroot_conf
 
-ENROOT_DEFAULT = ("-comp", "lzo", "-noD", "-exit-on-error")
-ENROOT_CONF = "/etc/enroot/enroot.conf"  # where enroot reads its system configuration
+ENROOT_DEFAULT = ("-comp", "lzo", "-noD", "-exit-on-error")  # enroot.in: config::export ENROOT_SQUASH_OPTIONS
+# builder's own default when neither the environment nor enroot's configuration sets
+# ENROOT_SQUASH_OPTIONS: zstd level 1, streamed through tar2sqfs. Measured here on a 1.16 GB
+# image (docs/export.md): tar2sqfs zstd:1 3.9 s of CPU and 429 MB, zstd:3 6.3-8.5 s and 412 MB,
+# enroot's lzo -noD 1124 MB. zstd needs squashfs-tools >= 4.4 on the nodes (its CHANGES).
+DEFAULT_COMPRESSION = "zstd:1"
 EXIT_ON_ERROR = "-exit-on-error"
 # Set by builder itself: dropped from given options (-processors N is used as the default count).
 _OWN_FLAGS = ("-no-progress", "-noappend", "-all-root", "-progress")
 COMPRESSORS = ("gzip", "lzo", "lz4", "xz", "zstd", "none")
 _LEVEL_FLAG = {"gzip": "-Xcompression-level", "zstd": "-Xcompression-level"}
 _LEVEL_RANGE = {"gzip": (1, 9), "zstd": (1, 22)}
-_SAFE_OPTION = re.compile(r"^[A-Za-z0-9_.,:=+-]+$")
+_SAFE_OPTION = re.compile(r"^[A-Za-z0-9_.,:=+-]+\Z")
 
 
 def compression_options(spec: str) -> tuple[str, ...]:
-    """'zstd' / 'zstd:19' / 'gzip:6' / 'lzo' / 'none' -> mksquashfs arguments."""
+    """'zstd' / 'zstd:19' / 'gzip:6' / 'lz4' / 'lzo' / 'none' -> mksquashfs arguments.
+
+    lzo means what enroot means by it: its default ``-comp lzo -noD`` (data blocks stored
+    uncompressed), which only mksquashfs can write, from an unpacked copy: 1.2-1.6x enroot's time
+    here (benchmarks/export_bench.py --all), the same size."""
     name, _, level = spec.partition(":")
     name = name.strip().lower()
     if name not in COMPRESSORS:
@@ -51,9 +58,11 @@ def compression_options(spec: str) -> tuple[str, ...]:
         if level:
             raise UsageError("compression 'none' takes no level")
         return ("-noI", "-noD", "-noF", "-noX")
+    if name == "lzo" and not level:
+        return ENROOT_DEFAULT[:3]
     options = ["-comp", name]
     if name == "zstd" and not level:
-        level = "3"  # zstd's own default (15) is ~4x slower for a few percent
+        level = "3"  # zstd's own default (15) is ~5x slower for a few percent
     if level:
         if name not in _LEVEL_FLAG or not level.isdigit():
             raise UsageError(f"compression {spec!r}: only gzip and zstd take a numeric level")
@@ -67,84 +76,47 @@ def compression_options(spec: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class SquashChoice:
     options: tuple[str, ...]  # what decides the file's content (recorded in the sidecar)
-    processors: int  # mksquashfs threads
-    origin: str  # where the options came from, for messages
+    processors: int  # compressor threads
+    origin: str  # where the options came from: an option, "$ENROOT_SQUASH_OPTIONS", "FILE:LINE", a default
+    processors_origin: str = ""
+
+    def as_dict(self) -> dict:
+        return {"options": list(self.options), "origin": self.origin, "processors": self.processors,
+                "processors_origin": self.processors_origin}
 
 
 SQUASH_OPTIONS_KEY = "ENROOT_SQUASH_OPTIONS"
 MAX_PROCESSORS_KEY = "ENROOT_MAX_PROCESSORS"
 
 
-def read_enroot_conf(path: str = ENROOT_CONF) -> dict[str, tuple[str, int]]:
-    """The ENROOT_* lines of an enroot.conf, unevaluated: {KEY: (value, line number)}.
-    'KEY VALUE' (or KEY=VALUE) lines; '#' lines ignored; the last line of a key wins."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return {}
-    found = {}
-    for number, line in enumerate(lines, 1):
-        match = re.match(r"^(ENROOT_[A-Z_]+)[ \t=]+(.*)$", line.strip())
-        if match:
-            found[match[1]] = (match[2].strip(), number)
-    return found
-
-
-class EnrootSettings:
-    """The enroot settings an export uses, as enroot resolves them: a non-empty environment
-    variable wins over enroot.conf, which is read at most once.
-
-    enroot expands conf values with the shell; builder cannot, so a value needing expansion
-    is an error, but only for the keys builder reads (a conf commonly sets, say,
-    ``ENROOT_RUNTIME_PATH /run/enroot/user-$(id -u)``)."""
-
-    def __init__(self, env: Mapping[str, str] | None = None, conf_path: str | None = None):
-        self.env = os.environ if env is None else env
-        self.conf_path = conf_path or ENROOT_CONF
-        self._conf: dict[str, tuple[str, int]] | None = None
-
-    def get(self, key: str) -> tuple[str | None, str]:
-        """(value, where it came from), or (None, '') when neither sets it."""
-        if self.env.get(key, "").strip():
-            return self.env[key], f"${key}"
-        if self._conf is None:
-            self._conf = read_enroot_conf(self.conf_path)
-        value, number = self._conf.get(key, ("", 0))
-        if not value:
-            return None, ""
-        where = f"{self.conf_path}:{number}"
-        if any(c in value for c in "$`"):
-            raise UsageError(f"{where}: {key} uses shell expansion, which builder cannot evaluate; "
-                             f"set {key} in the environment instead")
-        try:
-            value = " ".join(shlex.split(value))
-        except ValueError:
-            raise UsageError(f"{where}: {key} has unbalanced quotes") from None
-        return (value, f"{key} in {self.conf_path}") if value.strip() else (None, "")
-
-
 def choose(compression: str | None, extra: str | None, processors: int | None = None,
-           env: Mapping[str, str] | None = None, conf_path: str | None = None) -> SquashChoice:
-    """Everything mksquashfs is run with. Options: --compression, else --squash-options, else
-    ENROOT_SQUASH_OPTIONS (environment, then enroot.conf), else enroot's default. Threads:
-    --processors, else a -processors N in those options, else ENROOT_MAX_PROCESSORS, else all CPUs."""
-    settings = EnrootSettings(env, conf_path)
+           env: Mapping[str, str] | None = None, conf: str | None = None) -> SquashChoice:
+    """Everything the squashfs is made with. Options: --compression, else --squash-options, else
+    ENROOT_SQUASH_OPTIONS (environment, then enroot's configuration, as enroot reads it), else
+    builder's default (zstd level 1). Threads: --processors, else a -processors N in those options, else
+    ENROOT_MAX_PROCESSORS (environment, then configuration), else all CPUs."""
+    settings = enroot_conf.EnrootConfig(env, conf)
     if compression and extra:
         raise UsageError("give either --compression or --squash-options, not both")
+    found = None
     if compression:
-        options, found = compression_options(compression), None
-        origin = "--compression"
+        options, origin = compression_options(compression), "--compression"
+    elif extra is not None and extra.strip():
+        options, found = _parse_options(extra, "--squash-options")
+        origin = "--squash-options"
     else:
-        if extra is not None:
-            text, origin = extra, "--squash-options"
+        value = settings.get(SQUASH_OPTIONS_KEY)
+        if value is None:
+            options, origin = compression_options(DEFAULT_COMPRESSION), "builder's default (zstd level 1)"
         else:
-            text, origin = settings.get(SQUASH_OPTIONS_KEY)
-        if text is None or not text.strip():
-            options, found, origin = ENROOT_DEFAULT, None, "enroot's default"
-        else:
-            options, found = _parse_options(text, origin)
-    return SquashChoice(options, processors or found or _default_processors(settings), origin)
+            options, found = _parse_options(value.text, value.where)
+            origin = value.where
+    if processors:
+        return SquashChoice(options, processors, origin, "--processors")
+    if found:
+        return SquashChoice(options, found, origin, f"-processors in {origin}")
+    count, where = _default_processors(settings)
+    return SquashChoice(options, count, origin, where)
 
 
 def _parse_options(text: str, origin: str) -> tuple[tuple[str, ...], int | None]:
@@ -152,10 +124,10 @@ def _parse_options(text: str, origin: str) -> tuple[tuple[str, ...], int | None]
     try:
         words = shlex.split(text)
     except ValueError:
-        raise UsageError(f"mksquashfs options from {origin} have unbalanced quotes: {text!r}") from None
+        raise UsageError(f"{origin}: mksquashfs options have unbalanced quotes: {text!r}") from None
     for word in words:
         if not _SAFE_OPTION.match(word):
-            raise UsageError(f"mksquashfs option {word!r} (from {origin}) has characters outside [A-Za-z0-9_.,:=+-]")
+            raise UsageError(f"{origin}: mksquashfs option {word!r} has characters outside [A-Za-z0-9_.,:=+-]")
     options: list[str] = []
     processors = None
     i = 0
@@ -164,7 +136,7 @@ def _parse_options(text: str, origin: str) -> tuple[tuple[str, ...], int | None]
         if word == "-processors":
             value = words[i + 1] if i + 1 < len(words) else ""
             if not value.isdigit() or int(value) < 1:
-                raise UsageError(f"-processors in {origin} needs a positive number, got {value!r}")
+                raise UsageError(f"{origin}: -processors needs a positive number, got {value!r}")
             processors = int(value)
             i += 2
             continue
@@ -174,16 +146,20 @@ def _parse_options(text: str, origin: str) -> tuple[tuple[str, ...], int | None]
     return tuple(options), processors
 
 
-def _default_processors(settings: EnrootSettings) -> int:
-    value, _origin = settings.get(MAX_PROCESSORS_KEY)
-    if value and value.strip().isdigit() and int(value) > 0:
-        return int(value)
-    return len(os.sched_getaffinity(0)) or 1
+def _default_processors(settings: enroot_conf.EnrootConfig) -> tuple[int, str]:
+    value = settings.get(MAX_PROCESSORS_KEY)
+    # "0 means unlimited" (enroot.conf.in); mksquashfs takes that as all CPUs too.
+    if value is not None:
+        if not value.text.isdigit():
+            raise UsageError(f"{value.where}: {MAX_PROCESSORS_KEY} must be a number, got {value.text!r}")
+        if int(value.text) > 0:
+            return int(value.text), value.where
+    return len(os.sched_getaffinity(0)) or 1, "all CPUs"
 
 
-def default_processors(env: Mapping[str, str] | None = None, conf_path: str | None = None) -> int:
-    """ENROOT_MAX_PROCESSORS (environment, then enroot.conf), else all CPUs."""
-    return _default_processors(EnrootSettings(env, conf_path))
+def default_processors(env: Mapping[str, str] | None = None, conf: str | None = None) -> int:
+    """ENROOT_MAX_PROCESSORS (environment, then enroot's configuration), else all CPUs."""
+    return _default_processors(enroot_conf.EnrootConfig(env, conf))[0]
 
 
 def find_mksquashfs() -> str:

@@ -6,9 +6,13 @@ bases the stanzas expect, and imported with ``docker import``. Nothing here is p
   step and purged after), ``SAGEMAKER_TRAINING_MODULE`` set as in AWS's DLCs, the EFA installer
   marker and ``nccl.h`` of the versions the test matrix says the base ships, a stub
   ``libnccl.so.2`` whose ``ncclGetVersion`` reports that NCCL (compiled with the same gcc), and
-  what AWS's DLC Dockerfiles bake in: a root key pair (``ssh-keygen -f /root/.ssh/id_rsa``,
-  authorized for root) and openssh-server's host keys. Those are findings that smoke must report
-  as inherited from the base, not fail.
+  what AWS's DLC Dockerfiles bake in (aws/deep-learning-containers
+  pytorch/training/docker/2.4/py3/cu124/Dockerfile.gpu): openssh-server with its host keys, a root
+  key pair (``ssh-keygen -q -t rsa -N '' -f /root/.ssh/id_rsa``, authorized for root,
+  ``StrictHostKeyChecking no``), Open MPI behind an ``mpirun --allow-run-as-root`` wrapper, and
+  mpi4py: the SageMaker toolkit's MPI runner needs all of them (Debian's openmpi-bin and
+  python3-mpi4py stand in for the EFA installer's Open MPI and conda's mpi4py). The keys are
+  findings that smoke must report as inherited from the base, not fail.
 - ``builder-fixture/ngc-standin``: Python and pip, the Mellanox/ibverbs packages the
   remove-conflicts stanza removes (``libmlx5-1`` is Ubuntu-only, so a dummy package stands in),
   HPC-X's ``/opt/hpcx/{ompi,nccl_rdma_sharp_plugin,ucx}`` and ``/usr/local/mpi`` with
@@ -29,7 +33,6 @@ debootstrap rootfs is cached as a tarball under ``$BUILDER_TEST_CACHE`` (default
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -56,6 +59,7 @@ NGC_RECIPE = "opt-pytorch-tree+ngc-entrypoint-shinit"  # changes the NGC stand-i
 # nothing NCCL reads, as before 25.11; a test swaps in one that sets NCCL_NET_PLUGIN as 25.11+ do.
 SHINIT_V2 = "# Stand-in /etc/shinit_v2 (test fixture): NGC's shell init, run by every bash.\nexport NGC_SHINIT_V2=1\n"
 NGC_ENTRYPOINT = "#!/bin/bash\n# Stand-in /opt/nvidia/nvidia_entrypoint.sh (test fixture)\nexec \"$@\"\n"
+DLC_RECIPE = "mpi-over-ssh"  # changes the DLC stand-in's tag alone
 
 
 def cache_dir() -> Path:
@@ -192,21 +196,22 @@ def standin_torch(box: "Chroot", version: str, nccl: str | None) -> None:
     box.write(f"{site}/cuda/nccl.py", f"def version():\n    return {release!r}\n")
 
 
-def fixture_key(kind: str) -> str:
-    """A PEM-shaped private key block: what the credentials scan looks for. Not a usable key."""
-    body = base64.b64encode(f"stand-in {kind} key (test fixture), not a real key".encode()).decode()
-    return f"-----BEGIN {kind} PRIVATE KEY-----\n{body}\n-----END {kind} PRIVATE KEY-----\n"
-
-
-def bake_dlc_keys(box: "Chroot") -> None:
-    """The key layout of AWS's PyTorch training DLCs: root's own pair, authorized for root, and
-    the host keys installing openssh-server generates."""
-    box.write("/root/.ssh/id_rsa", fixture_key("RSA"), 0o600)
-    box.write("/root/.ssh/id_rsa.pub", "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABstandin root@dlc-standin\n")
-    box.write("/root/.ssh/authorized_keys", "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABstandin root@dlc-standin\n", 0o600)
-    for kind, algo in (("rsa", "RSA"), ("ed25519", "OPENSSH")):
-        box.write(f"/etc/ssh/ssh_host_{kind}_key", fixture_key(algo), 0o600)
-        box.write(f"/etc/ssh/ssh_host_{kind}_key.pub", f"ssh-{kind} AAAAstandin root@dlc-standin\n")
+# The MPI-over-ssh layer of AWS's PyTorch training DLCs (Dockerfile.gpu, "Install OpenSSH for MPI
+# to communicate between containers" and "Configure Open MPI"): real keys, since the toolkit's MPI
+# runner logs in to the other host's sshd with root's key (sagemaker-training mpi.py, _can_connect).
+DLC_MPI_PACKAGES = ("openssh-server", "openssh-client", "openmpi-bin", "python3-mpi4py")
+DLC_MPI_SETUP = (
+    "mkdir -p /var/run/sshd"
+    " && grep -v StrictHostKeyChecking /etc/ssh/ssh_config > /etc/ssh/ssh_config.new"
+    " && echo '    StrictHostKeyChecking no' >> /etc/ssh/ssh_config.new"
+    " && mv /etc/ssh/ssh_config.new /etc/ssh/ssh_config"
+    " && sed 's@session\\s*required\\s*pam_loginuid.so@session optional pam_loginuid.so@g' -i /etc/pam.d/sshd"
+    " && mkdir -p /root/.ssh && ssh-keygen -q -t rsa -N '' -f /root/.ssh/id_rsa"
+    " && cp /root/.ssh/id_rsa.pub /root/.ssh/authorized_keys"
+    " && printf 'Host *\\n StrictHostKeyChecking no\\n' >> /root/.ssh/config"
+    " && printf '#!/bin/bash\\nexec /usr/bin/mpirun --allow-run-as-root \"$@\"\\n' > /usr/local/bin/mpirun"
+    " && chmod 755 /usr/local/bin/mpirun"
+)
 
 
 def stub_libnccl(version: str) -> str:
@@ -221,7 +226,7 @@ def stub_libnccl(version: str) -> str:
 def dlc_standin(ships: dict, pytorch: str | None = None) -> str:
     """DLC-like image with the real SageMaker toolkit from PyPI; returns its reference."""
     ships = {**ships, **({"pytorch": pytorch} if pytorch else {})}
-    ref = f"builder-fixture/dlc-standin:{_key('dlc', SAGEMAKER_TRAINING, SAGEMAKER_PYTORCH_TRAINING, json.dumps(ships, sort_keys=True))}"
+    ref = f"builder-fixture/dlc-standin:{_key('dlc', DLC_RECIPE, SAGEMAKER_TRAINING, SAGEMAKER_PYTORCH_TRAINING, json.dumps(ships, sort_keys=True))}"
     if image_exists(ref):
         return ref
     with Chroot() as box:
@@ -230,6 +235,8 @@ def dlc_standin(ships: dict, pytorch: str | None = None) -> str:
                " && apt-get install -y -qq --no-install-recommends gcc libc6-dev python3-dev >/dev/null"
                f" && pip install -q --no-cache-dir sagemaker-training=={SAGEMAKER_TRAINING}"
                f" sagemaker-pytorch-training=={SAGEMAKER_PYTORCH_TRAINING}"
+               f" && apt-get install -y -qq --no-install-recommends {' '.join(DLC_MPI_PACKAGES)} >/dev/null"
+               f" && {DLC_MPI_SETUP}"
                + (f" && {stub_libnccl(ships['nccl'])}" if "nccl" in ships else "")
                + " && apt-get purge -y -qq --auto-remove gcc libc6-dev python3-dev >/dev/null"
                " && rm -rf /var/lib/apt/lists/* /root/.cache")
@@ -239,7 +246,6 @@ def dlc_standin(ships: dict, pytorch: str | None = None) -> str:
             standin_torch(box, ships["pytorch"], ships.get("nccl"))
         if "nccl" in ships:
             box.write("/usr/include/nccl.h", nccl_header(ships["nccl"]))
-        bake_dlc_keys(box)
         box.import_as(ref, [f"ENV PATH={PATH_ENV}",
                             "ENV SAGEMAKER_TRAINING_MODULE=sagemaker_pytorch_container.training:main",
                             'CMD ["/bin/bash"]'])
