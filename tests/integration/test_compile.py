@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -51,15 +52,20 @@ def compile_proj(tmp_path_factory):
          f"the upstream bundles are not in {gitserver.UPSTREAM} (set BUILDER_UPSTREAM)")
     files = tmp_path_factory.mktemp("compile-files")
     with compile_project.file_server(files) as http, gitserver.GitServer() as git:
-        yield compile_project.prepare(tmp_path_factory.mktemp("compile-project"), files, http, git)
+        start = time.monotonic()
+        project = compile_project.prepare(tmp_path_factory.mktemp("compile-project"), files, http, git)
+        TIMINGS.append(f"prepare (CUDA stand-in, EFA installer with libfabric, render): {time.monotonic() - start:.0f} s")
+        yield project
 
 
 @pytest.fixture(scope="module")
 def compiled(compile_proj, tmp_path_factory):
     """Both images built together (-j 2); the report, and each stanza's seconds printed."""
     work = tmp_path_factory.mktemp("compile-build")
+    start = time.monotonic()
     proc = compile_proj.cli("build", "itest-cuda-current", "itest-cuda-ofi-aws", "-j", "2", "--network", "host",
                             "--report", str(work / "report.json"), "--log-dir", str(work / "logs"), timeout=5400)
+    TIMINGS.append(f"builder build (both images, -j 2): {time.monotonic() - start:.0f} s wall")
     report = json.loads((work / "report.json").read_text())
     for image in report["images"]:
         name = image["name"]
@@ -159,6 +165,11 @@ def test_missing_hwloc_fails_naming_the_stanza(compile_proj, tmp_path):
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text(compile_proj.matrix.read_text().replace("name: itest-cuda-ofi-aws", "name: itest-cuda-nohwloc"))
     env = {**compile_proj.cli_env(), "PYTHONPATH": str(tree)}
+    rendered = subprocess.run([sys.executable, "-m", "builder", "--matrix", str(matrix), "render", "itest-cuda-nohwloc"],
+                              capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert rendered.returncode == 0, rendered.stderr
+    dockerfile = (tmp_path / "images" / "itest-cuda-nohwloc" / "Dockerfile").read_text()
+    assert "aws-ofi-nccl" in dockerfile and "libhwloc-dev" not in dockerfile  # the defect is what gets built
     proc = subprocess.run([sys.executable, "-m", "builder", "--matrix", str(matrix), "build", "itest-cuda-nohwloc",
                            "--network", "host", "--report", str(tmp_path / "r.json")],
                           capture_output=True, text=True, env=env, timeout=3600, cwd=tmp_path)
