@@ -15,6 +15,7 @@ not failures. A scan that did not run to its end marker is a failure, never a pa
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import subprocess
 import uuid
@@ -22,9 +23,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from packaging.version import InvalidVersion, Version
-
 from builder import components as comp
+from builder import smoke_linking
+from builder.smoke_linking import DRIVER_LIBS, nccl_matches
 from builder import smoke_login_shell
 from builder.build_report import history
 from builder.buildkit import image_inspect, last_line
@@ -58,10 +59,6 @@ CREDENTIAL_FILES = (
 # Host keys come from installing openssh-server; both are shared by every container of the image,
 # which the stanza's own comment warns about. Any other private key fails the scan.
 OPENSSH_KEYS = ("/root/.ssh/id_ed25519", "/etc/ssh/ssh_host_*_key")
-# Libraries the host supplies at run time (the NVIDIA container toolkit mounts the driver's):
-# an ldd check with driver_libs: true tolerates these, never anything else.
-DRIVER_LIBS = ("libcuda.so.1", "libnvidia-ml.so.1")
-
 # Prints "lib X.Y.Z PATH" (ncclGetVersion, and which libnccl the loader picked) or
 # "header X.Y.Z PATH" or "none"; then, when torch is installed, "torch X.Y.Z" (the NCCL PyTorch
 # itself reports, which can differ from the first libnccl.so.2 on the loader's path) or
@@ -233,13 +230,6 @@ def parse_ldd(output: str, allow: tuple[str, ...] = ()) -> list[str]:
     """Libraries ldd could not resolve, minus the allowed ones (driver libraries)."""
     missing = [line.split("=>", 1)[0].strip() for line in output.splitlines() if "not found" in line]
     return [lib for lib in missing if lib not in allow]
-
-
-def nccl_matches(found: str, expected: str) -> bool:
-    try:
-        return Version(found) == Version(expected)
-    except InvalidVersion:
-        return found == expected
 
 
 def contains(text: str, needle: str) -> bool:
@@ -597,6 +587,8 @@ class Smoker:
 
     def check(self, check: Check) -> CheckResult:
         handler = getattr(self, f"_{check.kind}", None)
+        if handler is None and check.kind in smoke_linking.HANDLERS:
+            handler = functools.partial(smoke_linking.HANDLERS[check.kind], self)
         if handler is None:
             return CheckResult(check.stanza, check.kind, check.args, False, "unknown check kind")
         ok, detail = handler(**dict(check.args))

@@ -47,6 +47,11 @@ CHECK_KINDS = {
     "nccl_version",  # version: ncclGetVersion() (or nccl.h) reports it
     "env",  # name, value: the image config sets it
     "label",  # name, value
+    # builder.smoke_linking: what compiled stanzas link
+    "ldd_tree",  # path (a folder): every ELF file under it resolves
+    "nccl_linked",  # path, version: the libnccl.so.2 the loader picks for path reports version
+    "ofi_plugin_version",  # path, version: the aws-ofi-nccl plugin logs that version at init
+    "no_gpu_run",  # argv: fails with CUDA's/NCCL's no-device error, never a loader error
 }
 
 

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import gitserver  # noqa: E402
 import harness  # noqa: E402
 import standins  # noqa: E402
 from prereq import need  # noqa: E402  (skip locally, fail in CI)
@@ -31,5 +32,11 @@ def build_project(tmp_path_factory):
     for tool in ("debootstrap", "chroot", "dpkg-deb"):
         need(shutil.which(tool) is not None, f"{tool} is missing (apt-get install debootstrap)")
     files = tmp_path_factory.mktemp("fixture-files")
-    with harness.FixtureServer(files) as server:
+    # The server's URL is in the efa stanza's RUN line: the same port every session keeps that
+    # layer and all after it cached (a port in use falls back to a free one).
+    try:
+        server = harness.FixtureServer(files, gitserver.preferred_port("builder-itest-files"))
+    except OSError:
+        server = harness.FixtureServer(files)
+    with server:
         yield harness.prepare(tmp_path_factory.mktemp("project"), server, files)

@@ -116,9 +116,10 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 class FixtureServer:
     """Serves a folder on 127.0.0.1 (builds reach it with --network host)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, port: int = 0):
+        """port 0: any free port; another: that one (OSError when it is taken)."""
         handler = functools.partial(_QuietHandler, directory=str(folder))
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
