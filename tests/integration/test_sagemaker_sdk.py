@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -33,9 +34,9 @@ from builder import sagemaker_sdk as sdk
 pytestmark = pytest.mark.integration
 
 DOCKER = standins.DOCKER
-REPOSITORY = "builder-itest-sagemaker/{flavor}"
-JOB_IMAGE = "builder-itest-sagemaker/dlc:itest-dlc"
-OWNED_IMAGE = "builder-itest-sagemaker/dlc:itest-dlc-owned"
+REPOSITORY = f"{harness.ITEST_REPO}-sagemaker/{{flavor}}"
+JOB_IMAGE = f"{harness.ITEST_REPO}-sagemaker/dlc:itest-dlc"
+OWNED_IMAGE = f"{harness.ITEST_REPO}-sagemaker/dlc:itest-dlc-owned"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,9 @@ def sagemaker_images(build_project, tmp_path_factory):
     copy = tmp_path_factory.mktemp("sagemaker") / "project"
     shutil.copytree(build_project.root, copy)
     matrix = copy / "matrix.yaml"
-    matrix.write_text(matrix.read_text().replace("repository: builder-itest/{flavor}", f"repository: {REPOSITORY}"))
+    text, count = re.subn(r"(?m)^(  repository: ).*$", rf'\g<1>"{REPOSITORY}"', matrix.read_text(), count=1)
+    assert count == 1, "the test matrix's defaults.repository moved"
+    matrix.write_text(text)
     project = harness.Project(copy, matrix, build_project.server)
     built = project.cli("build", "itest-dlc", "itest-dlc-owned", "--network", "host", "-j", "2")
     assert built.returncode == 0, built.stderr
@@ -113,7 +116,7 @@ def test_source_dir_hides_a_baked_program(sagemaker_images, work):
 
 def test_mpi_job_fails_without_sshd(sagemaker_images, work):
     """An image claiming MPI but lacking sshd fails the mpi job here, not on a cluster."""
-    broken = "builder-itest-sagemaker/dlc:no-sshd"
+    broken = f"{harness.ITEST_REPO}-sagemaker/dlc:no-sshd"
     subprocess.run([DOCKER, "build", "-q", "--network", "host", "-t", broken, "-"], input=f"FROM {JOB_IMAGE}\nRUN rm /usr/sbin/sshd\n",
                    text=True, check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
     try:
@@ -165,7 +168,7 @@ def test_torch_distributed_on_cpu(sagemaker_images, work):
         f"FROM {JOB_IMAGE}\nCOPY {TORCH_WHEEL.name} /tmp/\n"
         "RUN rm -rf /usr/local/lib/python3.11/dist-packages/torch"
         f" && pip install --no-cache-dir -q /tmp/{TORCH_WHEEL.name} && rm /tmp/{TORCH_WHEEL.name}\n")
-    ref = "builder-itest-sagemaker/dlc:torch-cpu"
+    ref = f"{harness.ITEST_REPO}-sagemaker/dlc:torch-cpu"
     built = subprocess.run([DOCKER, "build", "-q", "--network", "host", "-t", ref, str(context)], text=True,
                            capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"}, timeout=1800)
     assert built.returncode == 0, built.stderr[-3000:]
