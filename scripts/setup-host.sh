@@ -3,6 +3,7 @@
 # project installed, and starts a Docker engine when none answers. Idempotent: safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+setup_start=$SECONDS
 
 # docker-compose: the SageMaker SDK's local mode runs `docker-compose up` (its compose file asks
 # for a bridge network, `sagemaker-local`, which an engine started with --bridge=none still creates).
@@ -46,3 +47,4 @@ fi
 
 # The real enroot and pyxis, built from ../shared/upstream/ (export and Slurm end-to-end tests).
 bash scripts/setup-upstream.sh
+echo "setup-host: done in $((SECONDS - setup_start)) s"
